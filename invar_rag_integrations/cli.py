@@ -1,0 +1,88 @@
+"""The ``invar-rag`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
+
+
+def _eval_retrieval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
+    from .evaluation.results import pivot_table, write_results
+    from .retrieval import make_retriever
+
+    if "triviaqa_dev" in args.datasets:
+        raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
+                         "EM only, not for Acc@k")
+    questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
+    retriever = make_retriever(args.retriever)
+    passages = odqa_corpus(args.data_dir)
+    by_id = {p.id: p for p in passages}
+    if retriever.passage_ids:  # a saved index: it must cover this corpus
+        unknown = [pid for pid in retriever.passage_ids if pid not in by_id]
+        if unknown:
+            raise SystemExit(f"{args.retriever}: the saved index holds {len(unknown)} passage ids "
+                             f"that are not in the corpus (e.g. {unknown[0]!r})")
+    else:
+        started = time.perf_counter()
+        retriever.index(passages)
+        print(f"indexed {len(passages)} passages in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
+    rows = evaluate_retrieval(retriever, questions, by_id, args.split, args.k)
+    print(pivot_table(rows, [f"acc@{k}" for k in args.k]))
+    output = args.output or f"eval-retrieval-{retriever.name}-{args.split}.json"
+    print(f"wrote {write_results(output, rows)}", file=sys.stderr)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo.run import DemoSettings, run_demo
+
+    run_demo(DemoSettings(base_model=args.base_model, coarse_encoder=args.coarse_encoder, k=args.k))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invar-rag", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ev = commands.add_parser("eval-retrieval", help="Acc@k of a retriever on the ODQA questions")
+    ev.add_argument("--retriever", required=True,
+                    help="bm25, minilm, or the folder of a saved retriever")
+    ev.add_argument("--split", choices=SPLITS, default="dev")
+    ev.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS,
+                    default=list(RETRIEVAL_DATASETS))
+    ev.add_argument("--limit", type=_positive_int, help="first N questions of each dataset")
+    ev.add_argument("--k", type=_positive_int, nargs="+", default=[1, 5, 20])
+    ev.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
+                                       "../shared/data)")
+    ev.add_argument("--output", help="results JSON (default: eval-retrieval-NAME-SPLIT.json)")
+    ev.set_defaults(func=_eval_retrieval)
+
+    demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
+    demo.add_argument("--base-model", default="smollm2")
+    demo.add_argument("--coarse-encoder", default="minilm")
+    demo.add_argument("--k", type=_positive_int, default=3)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
+        raise SystemExit(f"invar-rag {args.command}: error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Answer metrics: Acc@k by DPR's ``has_answer`` token matching, and SQuAD-style EM / F1."""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _strip_punctuation(text: str, replacement: str) -> str:
+    return "".join(
+        replacement if unicodedata.category(ch).startswith("P") or ch in string.punctuation else ch
+        for ch in text
+    )
+
+
+def match_tokens(text: str) -> list[str]:
+    """Tokens for answer matching in passages: Unicode NFD, lower case, punctuation replaced by
+    spaces, articles a/an/the removed, split on white space."""
+    text = _strip_punctuation(unicodedata.normalize("NFD", text).lower(), " ")
+    return _ARTICLES.sub(" ", text).split()
+
+
+def has_answer(answers: Iterable[str], text: str) -> bool:
+    """Whether the token sequence of any answer occurs contiguously in ``text``'s tokens."""
+    tokens = match_tokens(text)
+    for answer in answers:
+        target = match_tokens(answer)
+        if not target:
+            continue
+        n = len(target)
+        first = target[0]
+        for start, token in enumerate(tokens[: len(tokens) - n + 1]):
+            if token == first and tokens[start : start + n] == target:
+                return True
+    return False
+
+
+def first_hit_rank(answers: Sequence[str], ranked_texts: Sequence[str]) -> int | None:
+    """0-based rank of the first passage that contains an answer, or ``None``."""
+    for rank, text in enumerate(ranked_texts):
+        if has_answer(answers, text):
+            return rank
+    return None
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, drop punctuation and articles, fold spaces."""
+    text = _strip_punctuation(unicodedata.normalize("NFD", text).lower(), "")
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, answers: Iterable[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(a) for a in answers))
+
+
+def f1_score(prediction: str, answers: Iterable[str]) -> float:
+    """Best token-overlap F1 between the prediction and any gold answer."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for answer in answers:
+        gold = normalize_answer(answer).split()
+        if not pred or not gold:
+            best = max(best, float(pred == gold))
+            continue
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best

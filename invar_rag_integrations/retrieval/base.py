@@ -1,0 +1,137 @@
+"""The one retriever interface every retriever (BM25, dense, Invar) implements."""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..data import Passage
+
+MANIFEST = "retriever.json"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked passage ids and scores for one query, best first."""
+
+    ids: list[str]
+    scores: list[float]
+
+
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """Validate a batch of queries: a list of non-empty strings."""
+    if isinstance(queries, str):
+        raise TypeError("queries must be a sequence of strings, not one string; wrap it in a list")
+    queries = list(queries)
+    for i, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise TypeError(f"queries[{i}] must be a string, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError(f"queries[{i}] is empty or whitespace; every query needs text")
+    return queries
+
+
+def check_k(k: int) -> int:
+    """Validate a result count ``k`` (a positive integer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return k
+
+
+def check_passages(passages: Sequence[Passage]) -> list[Passage]:
+    """Validate a corpus to index: non-empty, unique ids."""
+    passages = list(passages)
+    if not passages:
+        raise ValueError("cannot index an empty corpus: passages is empty")
+    seen: set[str] = set()
+    duplicates = sorted({p.id for p in passages if p.id in seen or seen.add(p.id)})
+    if duplicates:
+        raise ValueError(f"duplicate passage ids: {', '.join(map(repr, duplicates[:10]))}")
+    return passages
+
+
+class Retriever(ABC):
+    """Index passages, search them, save and load the index.
+
+    Subclasses set ``kind`` (stored in the saved manifest) and implement ``_index``,
+    ``_search``, ``_save_state`` and ``_load_state``; validation lives here once.
+    """
+
+    kind: ClassVar[str]
+    _registry: ClassVar[dict[str, type[Retriever]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Retriever._registry[cls.kind] = cls
+
+    def __init__(self) -> None:
+        self.passage_ids: list[str] = []
+
+    @property
+    def name(self) -> str:
+        """Short system name for result tables."""
+        return self.kind
+
+    def index(self, passages: Sequence[Passage]) -> None:
+        """Build the index over ``passages`` (replacing any previous one)."""
+        passages = check_passages(passages)
+        self._index(passages)
+        self.passage_ids = [p.id for p in passages]
+
+    def search(self, queries: Sequence[str], k: int) -> list[SearchResult]:
+        """Top-``k`` passages per query; ``k`` above the corpus size returns every passage."""
+        queries = check_queries(queries)
+        k = check_k(k)
+        if not self.passage_ids:
+            raise RuntimeError(f"{type(self).__name__} has no index: call index() or load() first")
+        if not queries:
+            return []
+        return self._search(queries, min(k, len(self.passage_ids)))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the index to folder ``path`` with a ``retriever.json`` manifest."""
+        if not self.passage_ids:
+            raise RuntimeError("nothing to save: the retriever has no index")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "ids.json").write_text(json.dumps(self.passage_ids), encoding="utf-8")
+        config = {"kind": self.kind, **self._save_state(path)}
+        (path / MANIFEST).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Retriever:
+        """Load a saved retriever of whatever kind its manifest names."""
+        path = Path(path)
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a saved retriever: no {MANIFEST}")
+        config = json.loads(manifest.read_text(encoding="utf-8"))
+        kind = config.pop("kind", None)
+        if kind not in Retriever._registry:
+            raise ValueError(f"{manifest}: unknown retriever kind {kind!r}; "
+                             f"known: {sorted(Retriever._registry)}")
+        retriever = Retriever._registry[kind]._load_state(path, config)
+        retriever.passage_ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        return retriever
+
+    @abstractmethod
+    def _index(self, passages: list[Passage]) -> None: ...
+
+    @abstractmethod
+    def _search(self, queries: list[str], k: int) -> list[SearchResult]: ...
+
+    @abstractmethod
+    def _save_state(self, path: Path) -> dict[str, Any]:
+        """Write index files into ``path``; return settings for the manifest."""
+
+    @classmethod
+    @abstractmethod
+    def _load_state(cls, path: Path, config: dict[str, Any]) -> Retriever:
+        """Rebuild a retriever from its folder and manifest settings."""

@@ -1,0 +1,68 @@
+"""BM25 baseline (bm25s, English stop words, Snowball stemming)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Passage
+from .base import Retriever, SearchResult
+
+
+class BM25Retriever(Retriever):
+    """Sparse lexical retriever over title + text.
+
+    Args:
+        k1, b: BM25 parameters.
+        stemmer_language: Snowball language for PyStemmer, or ``None`` for no stemming.
+    """
+
+    kind = "bm25"
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75, stemmer_language: str | None = "english"):
+        super().__init__()
+        self.k1, self.b, self.stemmer_language = k1, b, stemmer_language
+        self._bm25: Any = None
+
+    def _stemmer(self) -> Any:
+        if not self.stemmer_language:
+            return None
+        import Stemmer
+
+        return Stemmer.Stemmer(self.stemmer_language)
+
+    def _tokenize(self, texts: list[str], as_ids: bool) -> Any:
+        """Token ids (+ vocab) for indexing; token strings for queries, so that words missing
+        from the corpus vocabulary are simply ignored."""
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer(), return_ids=as_ids,
+                              show_progress=as_ids)
+
+    def _index(self, passages: list[Passage]) -> None:
+        import bm25s
+
+        self._bm25 = bm25s.BM25(k1=self.k1, b=self.b)
+        self._bm25.index(self._tokenize([p.full_text() for p in passages], True))
+
+    def _search(self, queries: list[str], k: int) -> list[SearchResult]:
+        tokens = self._tokenize(queries, False)
+        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=len(queries) > 100,
+                                           n_threads=0)
+        ids = self.passage_ids
+        return [SearchResult([ids[int(d)] for d in row], [float(s) for s in srow])
+                for row, srow in zip(np.asarray(docs), np.asarray(scores))]
+
+    def _save_state(self, path: Path) -> dict[str, Any]:
+        self._bm25.save(path / "bm25")
+        return {"k1": self.k1, "b": self.b, "stemmer_language": self.stemmer_language}
+
+    @classmethod
+    def _load_state(cls, path: Path, config: dict[str, Any]) -> BM25Retriever:
+        import bm25s
+
+        retriever = cls(**config)
+        retriever._bm25 = bm25s.BM25.load(path / "bm25")
+        return retriever

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny models built from configs (no hub ids), and an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_WORDS = (
+    "the a an of in on to and is was who what when where which how many year first planet sun moon "
+    "river lake mountain city capital invented discovered language program computer passage query "
+    "question answer paris france london england water fire earth mars jupiter saturn titan "
+    "fleming penicillin python java linux git nile baikal everest wright flight 1903 1928"
+).split()
+
+
+def _train_texts() -> list[str]:
+    from invar_rag_integrations.demo import demo_passages, demo_questions
+
+    texts = [p.full_text() for p in demo_passages()] + [q.question for q in demo_questions()]
+    return texts + [" ".join(_WORDS)] * 3
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(request: pytest.FixtureRequest, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give each unit test an empty cache; real-model tests share the user's cache (the
+    converted SmolLM2 folder and corpus embeddings are reused across runs)."""
+    if request.node.get_closest_marker("model") is None:
+        monkeypatch.setenv("INVAR_RAG_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama causal LM with a byte-level BPE tokenizer, saved as an HF folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_train_texts(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT sentence-transformers model (mean pooling) saved as a folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    hf_dir = path / "hf"
+    hf_dir.mkdir()
+    words = sorted({w.strip(".,:;()'\"").lower() for t in _train_texts() for w in t.split()} - {""})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(str(hf_dir / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=128)
+    model = SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu")
+    model.save(str(path / "st"))
+    return path / "st"
+
+
+@pytest.fixture()
+def odqa_dir(tmp_path: Path) -> Path:
+    """A data folder in the shared ODQA layout, written from the project's demo data."""
+    import json
+
+    from invar_rag_integrations.demo import demo_passages, demo_questions
+
+    odqa = tmp_path / "data" / "odqa"
+    odqa.mkdir(parents=True)
+    with (odqa / "corpus.jsonl").open("w", encoding="utf-8") as handle:
+        for p in demo_passages():
+            handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
+    datasets = ["nq", "squad", "popqa_longtail", "triviaqa_dev"]
+    with (odqa / "dev_questions.jsonl").open("w", encoding="utf-8") as handle:
+        for i, q in enumerate(demo_questions() * 2):
+            record = {"dataset": datasets[i % 4], "id": f"{q.id}-{i}", "question": q.question,
+                      "answers": list(q.answers), "gold_passage_ids": list(q.gold_passage_ids)}
+            handle.write(json.dumps(record) + "\n")
+    train = tmp_path / "data" / "train"
+    train.mkdir()
+    (train / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | william shakespeare \n"
+                                              "no separator here\n", encoding="utf-8")
+    return tmp_path / "data"
