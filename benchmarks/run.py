@@ -1,0 +1,185 @@
+"""Benchmark command: ``python -m benchmarks.run`` (``make bench``).
+
+Measures, in one run on this machine, the baselines on the ODQA dev questions:
+1. Acc@1/5/20 per dataset (nq, popqa_longtail, squad) for BM25 and MiniLM;
+2. indexing speed over the 14k corpus (MiniLM: uncached throughput on a seeded sample beside a
+   plain ``SentenceTransformer.encode`` of the same passages, and a cached re-index);
+3. single-query latency p50/p95 (encode + search) and each system's peak RSS.
+Each system runs in its own process so its peak RSS is its own. Writes
+``benchmarks/results/baselines.json`` and re-renders ``BENCHMARKS.md`` from every results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = ("nq", "popqa_longtail", "squad")
+
+
+def _row(system: str, dataset: str, metric: str, value: float, n: int, split: str = "dev"):
+    return {"system": system, "split": split, "dataset": dataset, "metric": metric,
+            "value": value, "n": n}
+
+
+def _latency_rows(system: str, retriever, queries: list[str]) -> list[dict]:
+    retriever.search(queries[:5], k=20)  # warm up
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        retriever.search([query], k=20)
+        times.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(times, n=20)
+    return [_row(system, "dev-queries", "latency_p50_ms", statistics.median(times), len(times)),
+            _row(system, "dev-queries", "latency_p95_ms", cuts[18], len(times))]
+
+
+def _peak_rss_row(system: str, n: int) -> dict:
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return _row(system, "odqa-corpus", "peak_rss_mb", peak_kib / 1024, n)
+
+
+def run_system(system: str, data: str | None, latency_queries: int, sample: int) -> list[dict]:
+    """Index the corpus, evaluate and time one system (runs in a child process)."""
+    from invar_rag_integrations.evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
+    from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever
+
+    corpus = odqa_corpus(data)
+    by_id = {p.id: p for p in corpus}
+    questions = odqa_questions("dev", DATASETS, data=data)
+    rows: list[dict] = []
+    if system == "bm25":
+        retriever = BM25Retriever()
+        started = time.perf_counter()
+        retriever.index(corpus)
+        seconds = time.perf_counter() - started
+        rows.append(_row(system, "odqa-corpus", "index_s", seconds, len(corpus)))
+        rows.append(_row(system, "odqa-corpus", "passages_per_s", len(corpus) / seconds,
+                         len(corpus)))
+    else:
+        rows += _minilm_indexing(corpus, sample)
+        retriever = DenseRetriever("minilm")
+        retriever.index(corpus)  # cached by _minilm_indexing
+    rows += evaluate_retrieval(retriever, questions, by_id, "dev", system=system)
+    picked = random.Random(0).sample([q.question for q in questions], latency_queries)
+    rows += _latency_rows(system, retriever, picked)
+    rows.append(_peak_rss_row(system, len(corpus)))
+    return rows
+
+
+def _minilm_indexing(corpus, sample: int) -> list[dict]:
+    from invar_rag_integrations.models import load_coarse_encoder
+    from invar_rag_integrations.retrieval import DenseRetriever
+
+    encoder = load_coarse_encoder("minilm")
+    subset = random.Random(0).sample(corpus, min(sample, len(corpus)))
+    texts = [p.full_text() for p in subset]
+    encoder.encode(texts[:64], batch_size=64)  # warm up
+    started = time.perf_counter()
+    encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=True)
+    plain = len(texts) / (time.perf_counter() - started)
+    ours = DenseRetriever(encoder, use_cache=False)
+    started = time.perf_counter()
+    ours.index(subset)
+    uncached = len(texts) / (time.perf_counter() - started)
+
+    full = DenseRetriever(encoder)
+    started = time.perf_counter()
+    full.index(corpus)  # computes and caches the corpus embeddings unless already cached
+    first_s = time.perf_counter() - started
+    first_cached = full.last_index_cached
+    again = DenseRetriever(encoder)
+    started = time.perf_counter()
+    again.index(corpus)
+    cached_s = time.perf_counter() - started
+    n = len(corpus)
+    rows = [
+        _row("plain-st-encode", "odqa-sample", "passages_per_s", plain, len(texts)),
+        _row("minilm", "odqa-sample", "passages_per_s", uncached, len(texts)),
+        _row("minilm", "odqa-sample", "throughput_vs_plain_st", uncached / plain, len(texts)),
+        _row("minilm", "odqa-corpus", "cached_reindex_s", cached_s, n),
+    ]
+    if not first_cached:  # a real uncached full-corpus index happened in this run
+        rows += [_row("minilm", "odqa-corpus", "index_s", first_s, n),
+                 _row("minilm", "odqa-corpus", "passages_per_s", n / first_s, n)]
+    return rows
+
+
+# --- BENCHMARKS.md ---------------------------------------------------------------------------
+
+_QUALITY = ["acc@1", "acc@5", "acc@20"]
+_SPEED = ["index_s", "passages_per_s", "throughput_vs_plain_st", "cached_reindex_s",
+          "latency_p50_ms", "latency_p95_ms", "peak_rss_mb"]
+
+
+def render_markdown(results_dir: Path = RESULTS) -> str:
+    """BENCHMARKS.md from every ``benchmarks/results/*.json`` file."""
+    from invar_rag_integrations.evaluation.results import pivot_table
+
+    parts = ["# Benchmarks", "",
+             "Generated by `make bench` (`python -m benchmarks.run`) from "
+             "`benchmarks/results/*.json`; do not edit by hand.", ""]
+    for path in sorted(results_dir.glob("*.json")):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        rows = payload["rows"]
+        parts += [f"## {path.stem}", "",
+                  f"- command: `{payload['command']}`",
+                  f"- commit: `{payload['git_commit']}`, date: {payload['date']}",
+                  f"- machine: {payload['machine']}", ""]
+        quality = [r for r in rows if r["metric"] in _QUALITY]
+        if quality:
+            split = quality[0]["split"]
+            parts += [f"### Retrieval accuracy ({split} questions; has_answer token matching)", "",
+                      pivot_table(quality, _QUALITY), ""]
+        speed = [r for r in rows if r["metric"] in _SPEED]
+        if speed:
+            parts += ["### Speed and memory", "",
+                      "| system | measured on | metric | value | n |", "|---|---|---|---:|---:|"]
+            parts += [f"| {r['system']} | {r['dataset']} | {r['metric']} | {r['value']:.3f} | "
+                      f"{r['n']} |" for r in speed]
+            parts += [""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
+                                           "../shared/data)")
+    parser.add_argument("--systems", nargs="+", default=["bm25", "minilm"],
+                        choices=["bm25", "minilm"])
+    parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--throughput-sample", type=int, default=2000,
+                        help="passages encoded uncached for the throughput comparison")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only re-render BENCHMARKS.md from the results files")
+    args = parser.parse_args(argv)
+    if args.latency_queries < 2 or args.throughput_sample < 64:
+        parser.error("--latency-queries must be >= 2 and --throughput-sample >= 64")
+    if not args.render_only:
+        from invar_rag_integrations.evaluation.results import write_results
+
+        rows: list[dict] = []
+        for system in args.systems:  # one fresh process per system: separate peak RSS
+            print(f"== {system}", file=sys.stderr, flush=True)
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                rows += pool.submit(run_system, system, args.data_dir, args.latency_queries,
+                                    args.throughput_sample).result()
+        command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"wrote {write_results(RESULTS / 'baselines.json', rows, command.strip())}",
+              file=sys.stderr)
+    (ROOT / "BENCHMARKS.md").write_text(render_markdown() + "\n", encoding="utf-8")
+    print((ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
