@@ -58,11 +58,12 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> float:
         answer = template.clean_answer(generation.text)
         em = exact_match(answer, question.answers)
         correct += em
-        print(f"\nQ: {question.question}\nA: {answer}   [{'correct' if em else 'gold: ' + question.answers[0]}]")
+        verdict = "correct" if em else f"gold: {question.answers[0]}"
+        print(f"\nQ: {question.question}\nA: {answer}   [{verdict}]")
         for pid, score in zip(result.ids, result.scores):
             print(f"   source {pid:8s} {score:.3f}  {by_id[pid].title}")
     tokens = sum(g.num_tokens for g in generations)
-    print(f"\nexact match {correct:.0f}/{len(questions)}; retrieval {retrieve_s * 1000:.0f} ms for all "
-          f"questions; generation {generate_s:.1f} s ({tokens / generate_s:.1f} tokens/s, "
+    print(f"\nexact match {correct:.0f}/{len(questions)}; retrieval {retrieve_s * 1000:.0f} ms for "
+          f"all questions; generation {generate_s:.1f} s ({tokens / generate_s:.1f} tokens/s, "
           f"{generate_s / len(questions):.2f} s/question)")
     return correct / len(questions)

