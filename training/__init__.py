@@ -1,0 +1,1 @@
+"""Training code for the Invar-RAG retriever and generator (DESIGN.md §2)."""
