@@ -119,8 +119,10 @@ class InvarianceLoss(nn.Module):
         if variants < 2 or self.mu == 0:
             return fit
         p = log_p.exp() * variant_mask
-        pairs = [kl_divergence(p[:, v], log_p[:, w], mask) + kl_divergence(p[:, w], log_p[:, v], mask)
-                 for v in range(variants) for w in range(v + 1, variants)]
+        pairs = [
+            kl_divergence(p[:, v], log_p[:, w], mask) + kl_divergence(p[:, w], log_p[:, v], mask)
+            for v in range(variants) for w in range(v + 1, variants)
+        ]
         return fit + self.mu * torch.stack(pairs).mean()
 
 
