@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,19 +70,25 @@ def load_passages(path: str | os.PathLike[str]) -> list[Passage]:
         ValueError: A record lacks ``id``/``text``, ids repeat, or the file holds no passage.
     """
     passages: list[Passage] = []
-    seen: dict[str, int] = {}
-    duplicates: list[str] = []
     for number, record in read_jsonl(path):
         if "id" not in record or "text" not in record:
             raise ValueError(f"{path}:{number}: a passage needs 'id' and 'text' fields")
-        pid = str(record["id"])
-        if pid in seen:
-            duplicates.append(pid)
-        seen[pid] = number
-        passages.append(Passage(pid, str(record["text"]), str(record.get("title") or "")))
-    if duplicates:
-        shown = ", ".join(repr(d) for d in duplicates[:10])
-        raise ValueError(f"{path}: duplicate passage ids: {shown}")
+        passages.append(Passage(str(record["id"]), str(record["text"]),
+                                str(record.get("title") or "")))
+    return check_corpus(passages, str(path))
+
+
+def check_corpus(passages: Iterable[Passage], source: str = "passages") -> list[Passage]:
+    """Validate a corpus: at least one passage and unique ids.
+
+    Raises:
+        ValueError: The corpus is empty or ids repeat (the message names them and ``source``).
+    """
+    passages = list(passages)
     if not passages:
-        raise ValueError(f"{path}: the corpus is empty")
+        raise ValueError(f"{source}: the corpus is empty")
+    duplicates = sorted(pid for pid, n in Counter(p.id for p in passages).items() if n > 1)
+    if duplicates:
+        shown = ", ".join(map(repr, duplicates[:10]))
+        raise ValueError(f"{source}: duplicate passage ids: {shown}")
     return passages

@@ -70,7 +70,7 @@ def test_bad_queries_are_rejected(retriever):
 
 
 def test_index_errors(retriever):
-    with pytest.raises(ValueError, match="empty corpus"):
+    with pytest.raises(ValueError, match="passages: the corpus is empty"):
         retriever.index([])
     with pytest.raises(ValueError, match="duplicate passage ids: 'x'"):
         retriever.index([Passage("x", "a"), Passage("x", "b")])

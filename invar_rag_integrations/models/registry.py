@@ -136,12 +136,19 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _hub_error(name: str, kind: str, defaults: str, err: Exception) -> OSError:
-    return OSError(
-        f"could not load {kind} {name!r}: it is neither an embedded model nor a local folder, "
-        f"and the hub is not reachable or has no such model ({type(err).__name__}: {err}). "
-        f"Offline defaults: {defaults}."
-    )
+def _from_hub(name: str, kind: str, defaults: str) -> ModelSource:
+    """Download (or find in the HF cache) a hub model, with an actionable error offline."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(name))
+    except Exception as err:  # noqa: BLE001 - any hub failure gets the same actionable message
+        raise OSError(
+            f"could not load {kind} {name!r}: it is neither an embedded model nor a local "
+            f"folder, and the hub is not reachable or has no such model "
+            f"({type(err).__name__}: {err}). Offline defaults: {defaults}."
+        ) from err
+    return ModelSource(name, path, name)
 
 
 def resolve_base_model(name: str = DEFAULT_BASE_MODEL) -> ModelSource:
@@ -166,13 +173,7 @@ def resolve_base_model(name: str = DEFAULT_BASE_MODEL) -> ModelSource:
     if Path(name).expanduser().is_dir():
         path = Path(name).expanduser().resolve()
         return ModelSource(name, path, str(path))
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(name))
-    except Exception as err:  # noqa: BLE001 - any hub failure gets the same actionable message
-        raise _hub_error(name, "base model", ", ".join(_EMBEDDED_LMS), err) from err
-    return ModelSource(name, path, name)
+    return _from_hub(name, "base model", ", ".join(_EMBEDDED_LMS))
 
 
 def resolve_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> ModelSource:
@@ -186,13 +187,7 @@ def resolve_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> ModelSource:
         weights = sorted(path.glob("*.safetensors"))
         identity = f"sha256:{hash_file(weights[0])}" if weights else str(path)
         return ModelSource(name, path, identity)
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(name))
-    except Exception as err:  # noqa: BLE001
-        raise _hub_error(name, "coarse encoder", ", ".join(_EMBEDDED_ENCODERS[:1]), err) from err
-    return ModelSource(name, path, name)
+    return _from_hub(name, "coarse encoder", _EMBEDDED_ENCODERS[0])
 
 
 def load_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> SentenceTransformer:

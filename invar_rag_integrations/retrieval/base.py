@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..data import Passage
+from ..data import Passage, check_corpus
 
 MANIFEST = "retriever.json"
 
@@ -43,18 +43,6 @@ def check_k(k: int) -> int:
     return k
 
 
-def check_passages(passages: Sequence[Passage]) -> list[Passage]:
-    """Validate a corpus to index: non-empty, unique ids."""
-    passages = list(passages)
-    if not passages:
-        raise ValueError("cannot index an empty corpus: passages is empty")
-    seen: set[str] = set()
-    duplicates = sorted({p.id for p in passages if p.id in seen or seen.add(p.id)})
-    if duplicates:
-        raise ValueError(f"duplicate passage ids: {', '.join(map(repr, duplicates[:10]))}")
-    return passages
-
-
 class Retriever(ABC):
     """Index passages, search them, save and load the index.
 
@@ -80,7 +68,7 @@ class Retriever(ABC):
 
     def index(self, passages: Sequence[Passage]) -> None:
         """Build the index over ``passages`` (replacing any previous one)."""
-        passages = check_passages(passages)
+        passages = check_corpus(passages)
         self._index(passages)
         self.passage_ids = [p.id for p in passages]
 
