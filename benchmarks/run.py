@@ -173,14 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.render_only:
         from invar_rag_integrations.evaluation.results import write_results
 
-        if args.fresh_cache:
-            os.environ["INVAR_RAG_CACHE"] = tempfile.mkdtemp(prefix="invar-rag-bench-")
         rows: list[dict] = []
-        for system in args.systems:  # one fresh process per system: separate peak RSS
-            print(f"== {system}", file=sys.stderr, flush=True)
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                rows += pool.submit(run_system, system, args.data_dir, args.latency_queries,
-                                    args.throughput_sample).result()
+        with tempfile.TemporaryDirectory(prefix="invar-rag-bench-") as fresh:
+            if args.fresh_cache:
+                os.environ["INVAR_RAG_CACHE"] = fresh
+            for system in args.systems:  # one fresh process per system: separate peak RSS
+                print(f"== {system}", file=sys.stderr, flush=True)
+                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                    rows += pool.submit(run_system, system, args.data_dir, args.latency_queries,
+                                        args.throughput_sample).result()
         command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
         print(f"wrote {write_results(RESULTS / 'baselines.json', rows, command.strip())}",
               file=sys.stderr)
