@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval-retrieval", help="Acc@k of a retriever on the ODQA questions")
     ev.add_argument("--retriever", required=True,
-                    help="bm25, minilm, or the folder of a saved retriever")
+                    help="bm25, minilm, rrf (their reciprocal-rank fusion), or "
+                         "the folder of a saved retriever")
     ev.add_argument("--split", choices=SPLITS, default="dev")
     ev.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS,
                     default=list(RETRIEVAL_DATASETS))

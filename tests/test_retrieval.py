@@ -134,3 +134,31 @@ def test_make_retriever(tmp_path):
     bm25.index(demo_passages()[:4])
     bm25.save(tmp_path / "b")
     assert make_retriever(str(tmp_path / "b")).passage_ids == bm25.passage_ids
+
+
+def test_reciprocal_rank_fusion_hand_worked():
+    from invar_rag_integrations.retrieval import SearchResult, reciprocal_rank_fusion
+
+    a = SearchResult(["x", "y", "z"], [3.0, 2.0, 1.0])
+    b = SearchResult(["y", "w"], [0.9, 0.8])
+    fused = reciprocal_rank_fusion([a, b], k=3, rrf_k=60)
+    # y: 1/62 + 1/61, x: 1/61, w: 1/62, z: 1/63
+    assert fused.ids == ["y", "x", "w"]
+    assert fused.scores[0] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_fusion_retriever_indexes_searches_saves_and_loads(tiny_encoder_dir, tmp_path):
+    from invar_rag_integrations.retrieval import FusionRetriever
+
+    fusion = FusionRetriever([BM25Retriever(), DenseRetriever(str(tiny_encoder_dir),
+                                                              show_progress=False)], depth=10)
+    fusion.index(demo_passages())
+    queries = [q.question for q in demo_questions()]
+    before = fusion.search(queries, k=5)
+    assert all(len(r.ids) == 5 for r in before)
+    fusion.save(tmp_path / "rrf")
+    loaded = Retriever.load(tmp_path / "rrf")
+    assert loaded.name.startswith("rrf(bm25+")
+    assert [r.ids for r in loaded.search(queries, k=5)] == [r.ids for r in before]
+    with pytest.raises(ValueError, match="at least two"):
+        FusionRetriever([BM25Retriever()])
