@@ -95,7 +95,7 @@ def _find_package(package: str, pip_line: str) -> Any:
 
 
 @lru_cache(maxsize=32)
-def file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file; memoised on (path, size, mtime) so repeated calls are free."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -107,7 +107,7 @@ def file_sha256(path: Path, size: int, mtime_ns: int) -> str:
 def hash_file(path: Path) -> str:
     """SHA-256 of ``path`` (memoised while the file is unchanged)."""
     stat = path.stat()
-    return file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    return _file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

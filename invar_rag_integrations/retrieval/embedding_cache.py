@@ -40,7 +40,7 @@ def cached_embeddings(
     key = hashlib.sha256(f"{model_identity}|{texts_hash(texts)}".encode()).hexdigest()[:32]
     path = cache_dir() / "embeddings" / f"{key}.npy"
     if use_cache and path.is_file():
-        array = np.load(path, mmap_mode=None, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
         if array.shape[0] == len(texts):
             return array, True
     array = np.ascontiguousarray(encode(list(texts)), dtype=np.float32)
