@@ -55,27 +55,24 @@ def _peak_rss_row(system: str, n: int) -> dict:
 def run_system(system: str, data: str | None, latency_queries: int, sample: int) -> list[dict]:
     """Index the corpus, evaluate and time one system (runs in a child process)."""
     from invar_rag_integrations.evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
-    from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever, FusionRetriever
+    from invar_rag_integrations.retrieval import make_retriever
 
     corpus = odqa_corpus(data)
     by_id = {p.id: p for p in corpus}
     questions = odqa_questions("dev", DATASETS, data=data)
     rows: list[dict] = []
-    if system == "bm25":
-        retriever = BM25Retriever()
+    if system == "minilm":
+        indexing_rows, retriever = _minilm_indexing(corpus, sample)
+        rows += indexing_rows
+    else:  # rrf reuses the MiniLM corpus embeddings cached by the minilm run
+        retriever = make_retriever(system)
         started = time.perf_counter()
         retriever.index(corpus)
         seconds = time.perf_counter() - started
-        rows.append(_row(system, "odqa-corpus", "index_s", seconds, len(corpus)))
-        rows.append(_row(system, "odqa-corpus", "passages_per_s", len(corpus) / seconds,
-                         len(corpus)))
-    elif system == "minilm":
-        rows += _minilm_indexing(corpus, sample)
-        retriever = DenseRetriever("minilm")
-        retriever.index(corpus)  # cached by _minilm_indexing
-    else:  # rrf: BM25 + MiniLM (its corpus embeddings were cached by the minilm run)
-        retriever = FusionRetriever([BM25Retriever(), DenseRetriever("minilm")])
-        retriever.index(corpus)
+        if system == "bm25":
+            rows.append(_row(system, "odqa-corpus", "index_s", seconds, len(corpus)))
+            rows.append(_row(system, "odqa-corpus", "passages_per_s", len(corpus) / seconds,
+                             len(corpus)))
     rows += evaluate_retrieval(retriever, questions, by_id, "dev", system=system)
     picked = random.Random(0).sample([q.question for q in questions], latency_queries)
     rows += _latency_rows(system, retriever, picked)
@@ -83,7 +80,9 @@ def run_system(system: str, data: str | None, latency_queries: int, sample: int)
     return rows
 
 
-def _minilm_indexing(corpus, sample: int) -> list[dict]:
+def _minilm_indexing(corpus, sample: int) -> tuple[list[dict], object]:
+    """Throughput rows (uncached sample vs plain encode, full corpus, cached re-index) and the
+    indexed MiniLM retriever."""
     from invar_rag_integrations.models import load_coarse_encoder
     from invar_rag_integrations.retrieval import DenseRetriever
 
@@ -118,7 +117,7 @@ def _minilm_indexing(corpus, sample: int) -> list[dict]:
     if not first_cached:  # a real uncached full-corpus index happened in this run
         rows += [_row("minilm", "odqa-corpus", "index_s", first_s, n),
                  _row("minilm", "odqa-corpus", "passages_per_s", n / first_s, n)]
-    return rows
+    return rows, again
 
 
 # --- BENCHMARKS.md ---------------------------------------------------------------------------
