@@ -23,6 +23,7 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.retriever_stage
 
 lint: install
 	$(VENV)/bin/ruff check invar_rag_integrations training benchmarks tests

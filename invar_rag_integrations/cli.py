@@ -38,6 +38,34 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     print(f"wrote {write_results(output, rows)}", file=sys.stderr)
 
 
+def _train_retriever(args: argparse.Namespace) -> None:
+    try:
+        from training.train_retriever import main as train
+    except ImportError as err:
+        raise ImportError(f"training needs the 'train' extra ({err}): "
+                          "pip install 'invar-rag-integrations[train]'") from None
+    train([args.config, *args.overrides])
+
+
+def _index(args: argparse.Namespace) -> None:
+    from .data import load_passages
+    from .retrieval import InvarRetriever
+    from .retrieval.invar_retriever import INDEX_DIR
+
+    retriever = InvarRetriever.from_pretrained(args.retriever, index=None,
+                                               batch_size=args.batch_size)
+    passages = load_passages(args.corpus)
+    started = time.perf_counter()
+    retriever.index(passages)
+    seconds = time.perf_counter() - started
+    output = retriever.save(args.output or f"{args.retriever}/{INDEX_DIR}")
+    print(f"indexed {len(passages)} passages in {seconds:.1f} s "
+          f"({len(passages) / seconds:.1f} passages/s); saved to {output}", file=sys.stderr)
+    if retriever.encoder.truncated["passage"]:
+        print(f"{retriever.encoder.truncated['passage']} passage(s) were truncated to "
+              f"{retriever.encoder.settings.max_passage_tokens} tokens", file=sys.stderr)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo.run import DemoSettings, run_demo
 
@@ -68,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "../shared/data)")
     ev.add_argument("--output", help="results JSON (default: eval-retrieval-NAME-SPLIT.json)")
     ev.set_defaults(func=_eval_retrieval)
+
+    train = commands.add_parser(
+        "train-retriever", help="train the Invar retriever (training/train_retriever.py)")
+    train.add_argument("config", help="JSON config, e.g. training/configs/"
+                                      "retriever_smollm2_cpu.json")
+    train.add_argument("overrides", nargs=argparse.REMAINDER,
+                       help="--flag value pairs that override the config")
+    train.set_defaults(func=_train_retriever)
+
+    index = commands.add_parser("index", help="index a corpus with a trained Invar retriever")
+    index.add_argument("--retriever", required=True, help="trained system directory")
+    index.add_argument("--corpus", required=True,
+                       help="JSON-lines passages {id, text, title}")
+    index.add_argument("--output", help="index folder (default: <retriever>/index)")
+    index.add_argument("--batch-size", type=_positive_int, default=64)
+    index.set_defaults(func=_index)
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
     demo.add_argument("--base-model", default="smollm2")

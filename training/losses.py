@@ -149,7 +149,9 @@ class InvarRetrievalLoss(nn.Module):
 
     def forward(self, scores: Tensor, mask: Tensor, positives: Tensor | None = None,
                 lm_logprobs: Tensor | None = None, variant_scores: Tensor | None = None,
-                variant_lm_logprobs: Tensor | None = None) -> dict[str, Tensor]:
+                variant_lm_logprobs: Tensor | None = None, nce_scores: Tensor | None = None,
+                nce_mask: Tensor | None = None,
+                nce_positives: Tensor | None = None) -> dict[str, Tensor]:
         """Return ``{"loss", and each active term}``.
 
         Args:
@@ -158,13 +160,20 @@ class InvarRetrievalLoss(nn.Module):
             positives: ``[B, C]`` gold passages (for ``L_nce``).
             lm_logprobs: ``[B, C]`` LM answer log-likelihoods (for ``L_align``).
             variant_scores, variant_lm_logprobs: ``[B, V, C]`` (for ``L_invar``).
+            nce_scores, nce_mask, nce_positives: ``[B, C']`` scores over a wider candidate set
+                (e.g. with in-batch negatives) for ``L_nce`` instead of ``scores``.
         """
         terms: dict[str, Tensor] = {}
         total = scores.new_zeros(())
         if self.nce is not None:
-            if positives is None:
+            if nce_scores is not None:
+                if nce_mask is None or nce_positives is None:
+                    raise ValueError("nce_scores need nce_mask and nce_positives")
+                terms["nce"] = self.nce(nce_scores, nce_positives, nce_mask)
+            elif positives is None:
                 raise ValueError("L_nce is on but no positives were given")
-            terms["nce"] = self.nce(scores, positives, mask)
+            else:
+                terms["nce"] = self.nce(scores, positives, mask)
             total = total + terms["nce"]
         if self.align is not None:
             if lm_logprobs is None:

@@ -1,0 +1,228 @@
+"""Retriever-stage data preparation and the training driver, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from invar_rag_integrations.data import Passage, Question
+from invar_rag_integrations.models import load_base_lm
+from training.candidates import mine_candidates, resize_context
+from training.lsr import LSRScorer, lsr_cache_file, lsr_prompt
+from training.retriever_data import make_variants, select_questions
+from training.retriever_trainer import last_complete_checkpoint
+from training.train_retriever import parse_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PASSAGES = {p.id: p for p in [
+    Passage("g", "Alexander Fleming discovered penicillin in 1928.", "Fleming"),
+    Passage("a", "Penicillin was first found by Fleming in London.", "Penicillin"),
+    Passage("b", "The Nile is the longest river.", "Nile"),
+    Passage("c", "Mars is the fourth planet.", "Mars"),
+]}
+
+
+def test_mining_puts_gold_first_and_skips_answer_bearing_negatives() -> None:
+    question = Question("q", "who discovered penicillin", ("Fleming",), "nq", ("g",))
+    got = mine_candidates(question, [["a", "g", "b"], ["c", "b"]], PASSAGES, 3)
+    assert got.ids == ["g", "c", "b"] and got.positives == [True, False, False]
+    kept = mine_candidates(question, [["a", "b"]], PASSAGES, 3, drop_answer_negatives=False)
+    assert kept.ids == ["g", "a", "b"]
+
+
+def test_mining_without_gold_uses_answer_positives_and_may_be_empty() -> None:
+    question = Question("q", "who discovered penicillin", ("Fleming",), "popqa_longtail")
+    got = mine_candidates(question, [["b", "a"], ["g"]], PASSAGES, 4)
+    assert got.ids == ["b", "g", "a"] and got.positives == [False, True, True]
+    assert mine_candidates(question, [["b", "a"]], PASSAGES, 4,
+                           answer_positives=False).positives == [False, False]
+    assert mine_candidates(question, [[], []], PASSAGES, 4).ids == []
+
+
+def test_context_resizing_keeps_the_answer_in_the_window() -> None:
+    words = [f"w{i}" for i in range(100)]
+    words[70] = "Fleming"
+    passage = Passage("p", " ".join(words), "Title")
+    window = resize_context(passage, ["Fleming"], 10)
+    assert window.startswith("Title\n") and "Fleming" in window
+    assert len(window.split("\n")[1].split()) == 10
+    assert resize_context(passage, ["absent"], 5) == "Title\nw0 w1 w2 w3 w4"
+    assert resize_context(Passage("s", "short text"), ["x"], 50) == "short text"
+    with pytest.raises(ValueError):
+        resize_context(passage, ["x"], 0)
+
+
+def test_variants_are_seeded_and_ordered() -> None:
+    views = make_variants("who discovered penicillin", ["prefix", "typo", "wh_end"], 2, [64, 32],
+                          seed=0, paraphrases=["which person found penicillin"])
+    assert [v.kind for v in views][0] == "original" and views[0].context_words == 64
+    assert [v.kind for v in views][-2:] == ["paraphrase", "context32"]
+    assert views[-1].query == "who discovered penicillin"
+    assert len(views) == 5
+    assert views == make_variants("who discovered penicillin", ["prefix", "typo", "wh_end"], 2,
+                                  [64, 32], seed=0,
+                                  paraphrases=["which person found penicillin"])
+
+
+def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
+                                                           tmp_path: Path) -> None:
+    lm, tokenizer = load_base_lm(str(tiny_lm_dir))
+    pairs = [(lsr_prompt("Fleming\nFleming discovered penicillin.", "who discovered it"),
+              "Fleming"), (lsr_prompt("Mars is a planet.", "what is mars"), "a planet")]
+    cache = lsr_cache_file(tmp_path, "tiny")
+    scores = LSRScorer(lm, tokenizer, cache, batch_size=2, show_progress=False).score(pairs)
+    for (prompt, answer), score in zip(pairs, scores):  # reference: full logits, one at a time
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(torch.tensor([p + a])).logits[0], -1)
+        expected = sum(logp[len(p) + t - 1, tok].item() for t, tok in enumerate(a))
+        assert score == pytest.approx(expected, abs=1e-4)
+    with cache.open("a") as handle:
+        handle.write('{"k": "cut sho')  # a line cut short by a kill
+    resumed = LSRScorer(lm, tokenizer, cache, show_progress=False)
+    resumed._forward = lambda batch: pytest.fail("cached scores were recomputed")
+    assert np.allclose(resumed.score(pairs), scores)
+    resumed._forward = lambda batch: [0.0] * len(batch)
+    resumed.score([("new prompt", "x")])
+    assert len(LSRScorer(lm, tokenizer, cache).cache) == 3  # the new line is intact
+
+
+def _config(tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path, odqa_dir: Path,
+            **overrides) -> Path:
+    (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text(
+        "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
+        encoding="utf-8")
+    config = {"base_model": str(tiny_lm_dir), "coarse_encoder": str(tiny_encoder_dir),
+              "data_dir": str(odqa_dir), "questions_per_dataset": [2, 2, 1, 2],
+              "tune_questions_per_dataset": 1, "num_candidates": 4, "mine_depth": 6,
+              "projector_hidden": 16, "lora_r": 4, "output_dir": str(tmp_path / "system"),
+              "num_train_epochs": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
+              "save_steps": 2, "logging_steps": 1, "use_cpu": True, "report_to": "none",
+              "fusion_betas": [0.0, 5.0], **overrides}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def test_config_with_unknown_keys_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"output_dir": "x", "learning_rat": 1, "mystery": 2}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['learning_rat', 'mystery'\]"):
+        parse_arguments([str(path)])
+
+
+def test_flags_override_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"output_dir": "x", "lam": 2.0, "num_train_epochs": 3}))
+    model, data, loss, train = parse_arguments([str(path), "--use_invar", "false", "--lam", "0.5"])
+    assert (loss.use_invar, loss.lam, train.num_train_epochs) == (False, 0.5, 3)
+
+
+@pytest.mark.slow
+def test_driver_trains_saves_indexes_and_tunes_beta(tmp_path: Path, tiny_lm_dir: Path,
+                                                    tiny_encoder_dir: Path,
+                                                    odqa_dir: Path) -> None:
+    from invar_rag_integrations.cli import main as cli
+    from invar_rag_integrations.retrieval import make_retriever
+
+    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    cli(["train-retriever", str(config)])
+    system = tmp_path / "system"
+    manifest = json.loads((system / "invar_rag.json").read_text())
+    metrics = manifest["metrics"]["retriever"]
+    questions, _ = select_questions(["nq", "squad", "popqa_longtail", "freebaseqa"],
+                                    [2, 2, 1, 2], 1, 42, str(odqa_dir))
+    assert metrics["train_examples"] == len(questions) and metrics["train_samples_per_second"] > 0
+    assert set(metrics["fusion_beta_search"]) == {"0.0", "5.0"}
+    assert manifest["retriever"]["settings"]["beta"] in (0.0, 5.0)
+    assert manifest["training"]["retriever"]["loss"]["use_invar"] is True
+    assert (system / "lsr_cache").is_dir() and (system / "index" / "index.faiss").is_file()
+    retriever = make_retriever(str(system))
+    assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_lm_dir: Path,
+                                                           tiny_encoder_dir: Path,
+                                                           odqa_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from training import retriever_trainer, train_retriever
+
+    real_forward = retriever_trainer.RetrieverTrainingModel.forward
+    steps = []
+
+    def poisoned(self, **batch):
+        steps.append(1)
+        if len(steps) == 3:  # the third step sees a corrupt LM score
+            batch["lm_logprobs"] = batch["lm_logprobs"] * float("nan")
+        return real_forward(self, **batch)
+
+    monkeypatch.setattr(retriever_trainer.RetrieverTrainingModel, "forward", poisoned)
+    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    with pytest.raises(SystemExit, match="training stopped at step 3: non-finite .*"
+                                         "Last good checkpoint: .*checkpoint-2"):
+        train_retriever.main([str(config)])
+    assert not (tmp_path / "system" / "invar_rag.json").exists()
+
+
+def _driver(config: Path, *flags: str, launcher: list[str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = (launcher or [sys.executable]) + ["-m", "training.train_retriever", str(config),
+                                                *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_training_resumes_after_sigkill(tmp_path: Path, tiny_lm_dir: Path,
+                                        tiny_encoder_dir: Path, odqa_dir: Path) -> None:
+    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir, num_train_epochs=400,
+                     index_after_training=False)
+    system = tmp_path / "system"
+    process = _driver(config)
+    deadline = time.monotonic() + 120
+    while last_complete_checkpoint(system) is None and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = last_complete_checkpoint(system)
+    assert killed_at is not None and not (system / "invar_rag.json").exists()
+    step = int(killed_at.rsplit("-", 1)[1])
+    rerun = _driver(config, "--num_train_epochs", "10")  # few steps in all: finish quickly
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert f"resuming from {killed_at}" in output
+    state = json.loads((Path(last_complete_checkpoint(system)) / "trainer_state.json")
+                       .read_text())
+    assert state["global_step"] == state["max_steps"] > step
+    assert (system / "invar_rag.json").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lm_dir: Path,
+                                       tiny_encoder_dir: Path, odqa_dir: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun, "torchrun is installed with torch"
+    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    process = _driver(config, "--ddp_backend", "gloo",
+                      launcher=[torchrun, "--standalone", "--nproc_per_node", "2"])
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    state = json.loads((Path(last_complete_checkpoint(tmp_path / "system"))
+                        / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 6-7 examples, 2 processes x batch 2, 2 epochs
+    assert (tmp_path / "system" / "index" / "index.faiss").is_file()

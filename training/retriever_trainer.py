@@ -1,0 +1,147 @@
+"""The retriever-stage training model and its HF ``Trainer`` (small checkpoints, NaN guard)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+
+from invar_rag_integrations.retrieval.invar import InvarEncoder
+
+from .losses import InvarRetrievalLoss
+
+CHECKPOINT_WEIGHTS = "model.safetensors"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class RetrieverTrainingModel(nn.Module):
+    """Scores every query variant against its candidates and returns the Invar-RAG loss.
+
+    Args:
+        encoder: The Invar encoder (only LoRA and the projector are trainable).
+        loss: The weighted loss.
+        in_batch_negatives: ``L_nce`` also ranks against the other queries' candidates.
+    """
+
+    def __init__(self, encoder: InvarEncoder, loss: InvarRetrievalLoss,
+                 in_batch_negatives: bool = True):
+        super().__init__()
+        self.encoder, self.loss, self.in_batch_negatives = encoder, loss, in_batch_negatives
+        self.term_sums: dict[str, float] = defaultdict(float)
+        self.term_count = 0
+
+    def forward(self, variants: list[list[str]], variant_coarse: Tensor,
+                candidate_ids: list[list[str]], candidate_texts: list[list[str]],
+                candidate_coarse: Tensor, mask: Tensor, positives: Tensor,
+                lm_logprobs: Tensor) -> dict[str, Tensor]:
+        batch, count = len(variants), len(variants[0])
+        tau = self.encoder.settings.tau
+        # queries: encode each distinct variant text once (resizings repeat the original)
+        first_seen: dict[str, tuple[int, int]] = {}
+        for b, row in enumerate(variants):
+            for v, text in enumerate(row):
+                first_seen.setdefault(text, (b, v))
+        coarse_q = torch.stack([variant_coarse[b, v] for b, v in first_seen.values()])
+        u_unique = self.encoder.embed("query", list(first_seen), coarse_q)
+        position = {text: i for i, text in enumerate(first_seen)}
+        u = u_unique[torch.tensor([position[t] for row in variants for t in row])]
+        u = u.view(batch, count, -1)
+        # passages: encode the real candidates only
+        rows, cols = mask.nonzero(as_tuple=True)
+        texts = [candidate_texts[r][c] for r, c in zip(rows.tolist(), cols.tolist())]
+        v_real = self.encoder.embed("passage", texts, candidate_coarse[rows, cols])
+        v = v_real.new_zeros(batch, mask.shape[1], v_real.shape[-1])
+        v = v.index_put((rows, cols), v_real)
+        scores = torch.einsum("bvh,bch->bvc", u, v) / tau
+        nce_scores = nce_mask = nce_positives = None
+        if self.in_batch_negatives and batch > 1:
+            nce_scores = u[:, 0] @ v_real.T / tau
+            nce_mask = torch.ones_like(nce_scores, dtype=torch.bool)
+            real_ids = [candidate_ids[r][c] for r, c in zip(rows.tolist(), cols.tolist())]
+            wanted = [{pid for pid, p in zip(candidate_ids[b], positives[b].tolist()) if p}
+                      for b in range(batch)]
+            nce_positives = torch.tensor([[pid in wanted[b] for pid in real_ids]
+                                          for b in range(batch)])
+        out = self.loss(scores[:, 0], mask, positives=positives, lm_logprobs=lm_logprobs[:, 0],
+                        variant_scores=scores, variant_lm_logprobs=lm_logprobs,
+                        nce_scores=nce_scores, nce_mask=nce_mask, nce_positives=nce_positives)
+        if not torch.isfinite(out["loss"]):
+            terms = {k: float(t) for k, t in out.items()}
+            raise NonFiniteLossError(f"non-finite training loss {terms}")
+        if self.training:
+            for name, term in out.items():
+                self.term_sums[name] += float(term.detach())
+            self.term_count += 1
+        return out
+
+    def pop_term_means(self) -> dict[str, float]:
+        """Mean of each loss term since the last call (for logging)."""
+        means = {f"loss_{k}": s / self.term_count for k, s in self.term_sums.items()
+                 if k != "loss"} if self.term_count else {}
+        self.term_sums.clear()
+        self.term_count = 0
+        return means
+
+
+class LossTermsCallback(TrainerCallback):
+    """Adds the mean of each loss term (nce, align, invar) to the Trainer's logs."""
+
+    def __init__(self, model: RetrieverTrainingModel):
+        self.model = model
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        if logs is not None and "loss" in logs:
+            logs.update({k: round(v, 4) for k, v in self.model.pop_term_means().items()})
+
+
+class RetrieverTrainer(Trainer):
+    """HF ``Trainer`` whose checkpoints hold only the trained weights (LoRA + projector)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()
+                 if n in trainable}
+        save_file(state, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        from safetensors.torch import load_file
+
+        model = model or self.model
+        state = load_file(os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(state))
+        if missing:
+            raise ValueError(f"{resume_from_checkpoint}: checkpoint lacks {len(missing)} trained "
+                             f"weights (e.g. {missing[0]}); was it written by another config?")
+        model.load_state_dict(state, strict=False)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` whose trainer state was written (a kill mid-save is skipped)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for child in folder.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if match and (child / "trainer_state.json").is_file() and \
+                (child / CHECKPOINT_WEIGHTS).is_file():
+            steps.append((int(match.group(1)), child))
+    return str(max(steps)[1]) if steps else None
