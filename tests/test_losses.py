@@ -112,3 +112,16 @@ def test_total_loss_weights_and_ablation_switches():
         InvarRetrievalLoss(use_nce=False, use_invar=False)(scores, mask)
     with pytest.raises(ValueError, match="at least one"):
         InvarRetrievalLoss(use_nce=False, use_align=False, use_invar=False)
+
+
+def test_total_loss_uses_the_wider_in_batch_scores_for_nce_when_given():
+    scores, mask = t([[2.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)
+    positives = torch.tensor([[True, False]])
+    wide = t([[2.0, 0.0, 1.0]])  # a third, in-batch passage
+    loss = InvarRetrievalLoss(use_align=False, use_invar=False)
+    out = loss(scores, mask, positives, nce_scores=wide, nce_mask=torch.ones(1, 3, dtype=bool),
+               nce_positives=torch.tensor([[True, False, False]]))
+    expected = -(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(1.0)))
+    assert out["nce"].item() == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="nce_mask"):
+        loss(scores, mask, positives, nce_scores=wide)

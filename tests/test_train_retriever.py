@@ -226,3 +226,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lm_dir: Path,
                         / "trainer_state.json").read_text())
     assert state["global_step"] == 4  # 6-7 examples, 2 processes x batch 2, 2 epochs
     assert (tmp_path / "system" / "index" / "index.faiss").is_file()
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_parse(config: Path) -> None:
+    gpu_only = "gpu" in config.name and not torch.cuda.is_available()
+    flags = ["--bf16", "false"] if gpu_only else []  # bf16 is refused without a GPU
+    model, data, loss, train = parse_arguments([str(config), *flags])
+    model.settings()  # representation settings are valid
+    assert len(data.train_datasets) == len(data.questions_per_dataset)
