@@ -236,3 +236,31 @@ def test_shipped_configs_parse(config: Path) -> None:
     model, data, loss, train = parse_arguments([str(config), *flags])
     model.settings()  # representation settings are valid
     assert len(data.train_datasets) == len(data.questions_per_dataset)
+
+
+def test_training_fusion_beta_adds_the_coarse_score(tiny_lm_dir: Path,
+                                                    tiny_encoder_dir: Path) -> None:
+    from invar_rag_integrations.models import load_coarse_encoder
+    from invar_rag_integrations.retrieval.invar import (
+        InvarEncoder,
+        InvarSettings,
+        add_retriever_adapter,
+    )
+    from training.losses import InvarRetrievalLoss
+    from training.retriever_trainer import RetrieverTrainingModel
+
+    lm, tokenizer = load_base_lm(str(tiny_lm_dir))
+    settings = InvarSettings(projector_hidden=16, lora_r=4)
+    encoder = InvarEncoder(add_retriever_adapter(lm, settings), tokenizer,
+                           load_coarse_encoder(str(tiny_encoder_dir)), settings)
+    query = torch.nn.functional.normalize(torch.randn(1, 1, 32), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(1, 1, 32), dim=-1)
+    batch = {"variants": [["who discovered penicillin"]], "variant_coarse": query,
+             "candidate_ids": [["g", "b"]], "candidate_texts": [["x", "y"]],
+             "candidate_coarse": torch.cat([query, other], dim=1),
+             "mask": torch.ones(1, 2, dtype=torch.bool),
+             "positives": torch.tensor([[True, False]]), "lm_logprobs": torch.zeros(1, 1, 2)}
+    loss = InvarRetrievalLoss(use_align=False, use_invar=False)
+    plain = RetrieverTrainingModel(encoder, loss, fusion_beta=0.0)(**batch)["nce"]
+    fused = RetrieverTrainingModel(encoder, loss, fusion_beta=200.0)(**batch)["nce"]
+    assert plain.item() > 0.01 and fused.item() < 1e-6  # the gold passage's coarse vector wins

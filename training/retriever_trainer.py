@@ -30,12 +30,15 @@ class RetrieverTrainingModel(nn.Module):
         encoder: The Invar encoder (only LoRA and the projector are trainable).
         loss: The weighted loss.
         in_batch_negatives: ``L_nce`` also ranks against the other queries' candidates.
+        fusion_beta: Train on ``s + fusion_beta * cos(c(q), c(d))`` so the LM learns a
+            correction of the coarse ranking (0 = the LM score alone, as in the paper).
     """
 
     def __init__(self, encoder: InvarEncoder, loss: InvarRetrievalLoss,
-                 in_batch_negatives: bool = True):
+                 in_batch_negatives: bool = True, fusion_beta: float = 0.0):
         super().__init__()
         self.encoder, self.loss, self.in_batch_negatives = encoder, loss, in_batch_negatives
+        self.fusion_beta = fusion_beta
         self.term_sums: dict[str, float] = defaultdict(float)
         self.term_count = 0
 
@@ -62,9 +65,15 @@ class RetrieverTrainingModel(nn.Module):
         v = v_real.new_zeros(batch, mask.shape[1], v_real.shape[-1])
         v = v.index_put((rows, cols), v_real)
         scores = torch.einsum("bvh,bch->bvc", u, v) / tau
+        if self.fusion_beta:
+            scores = scores + self.fusion_beta * torch.einsum(
+                "bvd,bcd->bvc", variant_coarse, candidate_coarse)
         nce_scores = nce_mask = nce_positives = None
         if self.in_batch_negatives and batch > 1:
             nce_scores = u[:, 0] @ v_real.T / tau
+            if self.fusion_beta:
+                nce_scores = nce_scores + self.fusion_beta * (
+                    variant_coarse[:, 0] @ candidate_coarse[rows, cols].T)
             nce_mask = torch.ones_like(nce_scores, dtype=torch.bool)
             real_ids = [candidate_ids[r][c] for r, c in zip(rows.tolist(), cols.tolist())]
             wanted = [{pid for pid, p in zip(candidate_ids[b], positives[b].tolist()) if p}
@@ -75,7 +84,7 @@ class RetrieverTrainingModel(nn.Module):
                         variant_scores=scores, variant_lm_logprobs=lm_logprobs,
                         nce_scores=nce_scores, nce_mask=nce_mask, nce_positives=nce_positives)
         if not torch.isfinite(out["loss"]):
-            terms = {k: float(t) for k, t in out.items()}
+            terms = {k: float(t.detach()) for k, t in out.items()}
             raise NonFiniteLossError(f"non-finite training loss {terms}")
         if self.training:
             for name, term in out.items():

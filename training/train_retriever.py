@@ -96,6 +96,8 @@ class LossArguments:
     use_align: bool = True
     use_invar: bool = True
     in_batch_negatives: bool = True
+    train_fusion_beta: float = field(
+        default=0.0, metadata={"help": "train on s + this * cos(c(q), c(d)) (0 = LM score only)"})
     fusion_betas: list[float] = field(default_factory=lambda: [0.0, 2.5, 5.0, 10.0, 20.0, 40.0])
     index_after_training: bool = field(
         default=True, metadata={"help": "index the ODQA corpus and choose beta (steps 6-7)"})
@@ -257,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     loss = InvarRetrievalLoss(loss_args.alpha, loss_args.lam, loss_args.lsr_beta, loss_args.kappa,
                               loss_args.mu, loss_args.use_nce, loss_args.use_align,
                               loss_args.use_invar)
-    model = RetrieverTrainingModel(encoder, loss, loss_args.in_batch_negatives)
+    model = RetrieverTrainingModel(encoder, loss, loss_args.in_batch_negatives,
+                                   loss_args.train_fusion_beta)
     trainer = RetrieverTrainer(model=model, args=train_args, train_dataset=dataset,
                                data_collator=collate, callbacks=[LossTermsCallback(model)])
     resume = last_complete_checkpoint(output)
