@@ -264,3 +264,14 @@ def test_training_fusion_beta_adds_the_coarse_score(tiny_lm_dir: Path,
     plain = RetrieverTrainingModel(encoder, loss, fusion_beta=0.0)(**batch)["nce"]
     fused = RetrieverTrainingModel(encoder, loss, fusion_beta=200.0)(**batch)["nce"]
     assert plain.item() > 0.01 and fused.item() < 1e-6  # the gold passage's coarse vector wins
+
+
+def test_lm_paraphrases_give_variants_per_question(tiny_lm_dir: Path) -> None:
+    from invar_rag_integrations.generation.hf import HFGenerator
+    from training.retriever_data import lm_paraphrases
+
+    lm, tokenizer = load_base_lm(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    got = lm_paraphrases(["who discovered penicillin", "capital of france"],
+                         HFGenerator(lm, tokenizer), 2)
+    assert len(got) == 2 and all(len(p) <= 2 and all(t.strip() for t in p) for p in got)
