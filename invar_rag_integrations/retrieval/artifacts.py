@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def save_retriever(encoder: InvarEncoder, path: str | os.PathLike[str],
     manifest.update(base_model=base, coarse_encoder=coarse)
     manifest["retriever"] = {
         "adapter": RETRIEVER_ADAPTER, "projector": PROJECTOR_FILE,
-        "settings": json.loads(encoder.settings_json()),
+        "settings": asdict(encoder.settings),
         "hash": retriever_hash(path, encoder.settings, base["identity"], coarse["identity"]),
     }
     if training_args is not None:

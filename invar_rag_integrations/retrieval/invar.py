@@ -6,7 +6,6 @@ last-token pooling are put together; training and serving both call it (DESIGN.m
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -217,14 +216,6 @@ class InvarEncoder(nn.Module):
             out[rows] = self.embed(kind, batch_texts, batch_coarse).cpu().numpy()
         self.train(was_training)
         return out
-
-    def trainable_state(self) -> dict[str, Tensor]:
-        """The trained parameters only (LoRA and projector), for checkpoints."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t for n, t in self.state_dict().items() if n in names}
-
-    def settings_json(self) -> str:
-        return json.dumps(asdict(self.settings), sort_keys=True)
 
 
 def add_retriever_adapter(lm: nn.Module, settings: InvarSettings) -> nn.Module:
