@@ -65,3 +65,42 @@ def test_sampling_is_seeded_and_bad_arguments_fail(generator):
         generator.generate("the")
     with pytest.raises(ValueError, match="must be positive"):
         generator.generate(["the"], max_new_tokens=0)
+
+
+def test_streaming_yields_the_greedy_text_piece_by_piece(generator):
+    [free] = generator.generate(["the planet"], max_new_tokens=12, stop=())
+    pieces = list(generator.stream("the planet", max_new_tokens=12, stop=()))
+    assert len(pieces) > 1 and "".join(pieces) == free.text
+    stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 2]
+    [cut] = generator.generate(["the planet"], max_new_tokens=12, stop=(stop,))
+    assert "".join(generator.stream("the planet", max_new_tokens=12, stop=(stop,))) == cut.text
+
+
+def test_adapters_switch_per_call_on_one_base_model(tiny_lm_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer = load_base_lm(str(tiny_lm_dir))
+    plain = HFGenerator(base, tokenizer).generate(["the planet"], max_new_tokens=8, stop=())
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False)
+    torch.manual_seed(0)
+    model = get_peft_model(base, config, adapter_name="retriever")
+    model.add_adapter("generator", config)
+    with torch.no_grad():  # make the two adapters differ strongly
+        for name, p in model.named_parameters():
+            if "lora_B.generator" in name:
+                p.mul_(50)
+    generator = HFGenerator(model, tokenizer)
+    ids = {id(p) for p in model.get_base_model().parameters()}
+    outputs = {name: generator.generate(["the planet"], max_new_tokens=8, stop=(),
+                                        adapter=name)[0].text
+               for name in (None, "retriever", "generator")}
+    assert outputs[None] == plain[0].text  # adapters off = the base model
+    assert outputs["generator"] != outputs[None]
+    assert model.active_adapter == "retriever"  # the previous adapter is restored
+    assert {id(p) for p in model.get_base_model().parameters()} == ids  # one copy
+    with pytest.raises(ValueError, match="unknown adapter 'nope'"):
+        generator.generate(["x"], adapter="nope")
+    with pytest.raises(ValueError, match="no adapters"):
+        HFGenerator(*load_base_lm(str(tiny_lm_dir))).generate(["x"], adapter="generator")

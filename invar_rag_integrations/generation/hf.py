@@ -1,8 +1,11 @@
-"""Batched generation with a Hugging Face causal LM (greedy or sampling, stop strings)."""
+"""Generation with a Hugging Face causal LM: batched (greedy or sampling, stop strings) and
+streamed, with the peft adapter to use chosen per call on one copy of the base model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ class HFGenerator:
     """Generate continuations of plain-text prompts with left-padded, length-sorted batches.
 
     Args:
-        model: A causal LM (``transformers`` or ``peft``).
+        model: A causal LM (``transformers``, or ``peft`` with one or more adapters).
         tokenizer: Its tokenizer (needs a pad token; EOS is used when there is none).
     """
 
@@ -30,6 +33,40 @@ class HFGenerator:
         self.model, self.tokenizer = model, tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @contextlib.contextmanager
+    def using(self, adapter: str | None) -> Iterator[None]:
+        """Run with the named peft adapter active, or with the plain base model for ``None``."""
+        adapters = getattr(self.model, "peft_config", None)
+        if adapters is None:
+            if adapter is not None:
+                raise ValueError(f"adapter {adapter!r} requested, but the model has no adapters")
+            yield
+            return
+        if adapter is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        if adapter not in adapters:
+            raise ValueError(f"unknown adapter {adapter!r}; loaded: {sorted(adapters)}")
+        previous = self.model.active_adapter
+        self.model.set_adapter(adapter)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(previous)
+
+    def _options(self, max_new_tokens: int, do_sample: bool, temperature: float,
+                 top_p: float) -> dict[str, Any]:
+        if max_new_tokens <= 0:
+            raise ValueError("max_new_tokens must be positive")
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                   "pad_token_id": self.tokenizer.pad_token_id}
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p)
+        else:  # silence "generation flags are not valid" warnings from the model's defaults
+            options.update(temperature=None, top_p=None, top_k=None)
+        return options
 
     @torch.inference_mode()
     def generate(
@@ -42,33 +79,81 @@ class HFGenerator:
         temperature: float = 1.0,
         top_p: float = 1.0,
         show_progress: bool = False,
+        adapter: str | None = None,
     ) -> list[Generation]:
-        """Generate for every prompt; outputs come back in the prompts' order."""
+        """Generate for every prompt; outputs come back in the prompts' order.
+
+        ``adapter`` names the peft adapter to generate with (``None``: the base model).
+        """
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings; wrap one prompt in a list")
-        if max_new_tokens <= 0 or batch_size <= 0:
-            raise ValueError("max_new_tokens and batch_size must be positive")
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        options = self._options(max_new_tokens, do_sample, temperature, top_p)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         outputs: list[Generation | None] = [None] * len(prompts)
         self.tokenizer.padding_side = "left"
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                   "pad_token_id": self.tokenizer.pad_token_id}
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
-        else:  # silence "generation flags are not valid" warnings from the model's defaults
-            options.update(temperature=None, top_p=None, top_k=None)
         if stop:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc="generate", unit="batch", disable=not show_progress):
-            index = order[start : start + batch_size]
-            encoded = self.tokenizer([prompts[i] for i in index], return_tensors="pt",
-                                     padding=True).to(self.model.device)
-            generated = self.model.generate(**encoded, **options)
-            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-            for i, row in zip(index, new_tokens):
-                outputs[i] = self._finish(row, stop)
+        with self.using(adapter):
+            for start in tqdm(batches, desc="generate", unit="batch", disable=not show_progress):
+                index = order[start : start + batch_size]
+                encoded = self.tokenizer([prompts[i] for i in index], return_tensors="pt",
+                                         padding=True).to(self.model.device)
+                generated = self.model.generate(**encoded, **options)
+                new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+                for i, row in zip(index, new_tokens):
+                    outputs[i] = self._finish(row, stop)
         return [o for o in outputs if o is not None]
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
+               do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+               adapter: str | None = None) -> Iterator[str]:
+        """Yield the text of one generation piece by piece, ending before any stop string.
+
+        The joined pieces equal ``generate([prompt], ...)[0].text`` for greedy decoding.
+        """
+        from transformers import TextIteratorStreamer
+
+        options = self._options(max_new_tokens, do_sample, temperature, top_p)
+        if stop:
+            options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True)
+        encoded = self.tokenizer([prompt], return_tensors="pt").to(self.model.device)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), self.using(adapter):
+                    self.model.generate(**encoded, **options, streamer=streamer)
+            except BaseException as err:  # re-raised in the caller's thread
+                failure.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        hold = max((len(s) for s in stop), default=1) - 1  # a stop string may span pieces
+        text, emitted, stopped = "", 0, False
+        for piece in streamer:
+            text += piece
+            cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+            stopped = bool(cuts)
+            safe = min(cuts) if cuts else len(text) - hold
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if stopped:
+                break
+        if stopped:
+            for _ in streamer:  # let generation finish (it stops at the stop string itself)
+                pass
+        elif len(text) > emitted:
+            yield text[emitted:]
+        worker.join()
+        if failure:
+            raise failure[0]
 
     def _finish(self, row: torch.Tensor, stop: Sequence[str]) -> Generation:
         special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
