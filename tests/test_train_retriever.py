@@ -97,6 +97,7 @@ def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
     resumed._forward = lambda batch: [0.0] * len(batch)
     resumed.score([("new prompt", "x")])
     assert len(LSRScorer(lm, tokenizer, cache).cache) == 3  # the new line is intact
+    assert resumed.computed == 1
 
 
 def _config(tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path, odqa_dir: Path,

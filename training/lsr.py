@@ -53,6 +53,7 @@ class LSRScorer:
         self.batch_size, self.show_progress = batch_size, show_progress
         self.cache_file = Path(cache_file) if cache_file is not None else None
         self.cache: dict[str, float] = {}
+        self.computed = 0  # prompts scored by the LM (not from the cache) by this scorer
         if self.cache_file is not None and self.cache_file.is_file():
             self.cache = _read_cache(self.cache_file)
             with self.cache_file.open("rb+") as handle:  # end a line cut short by a kill
@@ -71,6 +72,7 @@ class LSRScorer:
                 rows = todo[start : start + self.batch_size]
                 values = self._forward([pairs[i] for i in rows])
                 fresh = {keys[i]: v for i, v in zip(rows, values)}
+                self.computed += len(rows)
                 self.cache.update(fresh)
                 self._append(fresh)
                 bar.update(len(rows))

@@ -281,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "training": train_args.to_dict()}
     metrics = {"train_examples": len(examples), "lsr_prompts": int(sum(
         len(ex["variants"]) * len(ex["candidate_ids"]) for ex in examples)),
-        "lsr_seconds": round(prep_seconds, 1), "empty_candidate_sets": empty,
+        "lsr_seconds": round(prep_seconds, 1), "lsr_computed": scorer.computed,
+        "empty_candidate_sets": empty,
         **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
     save_retriever(encoder, output, all_args, metrics)
 
