@@ -4,7 +4,8 @@ On the validation carve-out of the ODQA questions, in one run:
 1. trains (or reuses, when already complete) the CPU-config retriever and its ablations
    ``invar-no-invar`` (``use_invar=false``) and ``invar-no-align`` (``use_align=false``),
    sharing one LSR cache, into ``benchmarks/systems/``;
-2. Acc@1/5/20 per dataset for BM25, MiniLM, their RRF fusion and the three Invar systems;
+2. Acc@1/5/20 per dataset for BM25, MiniLM, their RRF fusion, the three Invar systems and the
+   full system's LM score alone (``invar-lm-only``: fusion weight beta = 0);
 3. robustness: Acc@5 on every seeded rewrite kind and the mean top-5 Jaccard overlap with the
    original query's top-5 (BM25, MiniLM, RRF, Invar);
 4. speed: Invar indexing of the whole corpus from cached MiniLM vectors (LM part uncached),
@@ -32,6 +33,7 @@ SYSTEMS_DIR = ROOT / "benchmarks" / "systems"
 CONFIG = ROOT / "training" / "configs" / "retriever_smollm2_cpu.json"
 INVAR_SYSTEMS = {"invar": [], "invar-no-invar": ["--use_invar", "false"],
                  "invar-no-align": ["--use_align", "false"]}
+LM_ONLY = "invar-lm-only"  # the full system's LM score alone (fusion weight beta = 0)
 BASELINES = ("bm25", "minilm", "rrf")
 ROBUSTNESS = ("bm25", "minilm", "rrf", "invar")
 
@@ -93,6 +95,9 @@ def evaluate_system(system: str, data: str | None, latency_queries: int) -> list
     if system in BASELINES:
         retriever = make_retriever(system)
         retriever.index(corpus)
+    elif system == LM_ONLY:
+        retriever = InvarRetriever.from_pretrained(SYSTEMS_DIR / "invar")
+        retriever.beta = 0.0
     else:
         retriever = InvarRetriever.from_pretrained(SYSTEMS_DIR / system)
         manifest = json.loads((SYSTEMS_DIR / system / "invar_rag.json").read_text())
@@ -131,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                            "../shared/data)")
-    parser.add_argument("--systems", nargs="+", default=[*BASELINES, *INVAR_SYSTEMS],
-                        choices=[*BASELINES, *INVAR_SYSTEMS])
+    parser.add_argument("--systems", nargs="+", default=[*BASELINES, *INVAR_SYSTEMS, LM_ONLY],
+                        choices=[*BASELINES, *INVAR_SYSTEMS, LM_ONLY])
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="training config of the Invar systems")
     parser.add_argument("--latency-queries", type=int, default=100)
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.run import RESULTS
     from invar_rag_integrations.evaluation.results import write_results
 
-    train_systems([s for s in args.systems if s in INVAR_SYSTEMS], args.config)
+    needed = {"invar" if s == LM_ONLY else s for s in args.systems}
+    train_systems([s for s in INVAR_SYSTEMS if s in needed], args.config)
     rows: list[dict] = []
     for system in args.systems:
         print(f"== evaluating {system}", file=sys.stderr, flush=True)
