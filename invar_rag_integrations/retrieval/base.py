@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ..data import Passage, check_corpus
 
 MANIFEST = "retriever.json"
+IDS_FILE = "ids.json"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,19 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return k
+
+
+def read_saved_manifest(path: Path) -> dict[str, Any]:
+    """The ``retriever.json`` settings of a saved retriever folder."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a saved retriever: no {MANIFEST}")
+    return json.loads(manifest.read_text(encoding="utf-8"))
+
+
+def read_saved_ids(path: Path) -> list[str]:
+    """The passage ids of a saved retriever folder, in index order."""
+    return json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
 
 
 class Retriever(ABC):
@@ -88,7 +102,7 @@ class Retriever(ABC):
             raise RuntimeError("nothing to save: the retriever has no index")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "ids.json").write_text(json.dumps(self.passage_ids), encoding="utf-8")
+        (path / IDS_FILE).write_text(json.dumps(self.passage_ids), encoding="utf-8")
         config = {"kind": self.kind, **self._save_state(path)}
         (path / MANIFEST).write_text(json.dumps(config, indent=2), encoding="utf-8")
         return path
@@ -97,16 +111,13 @@ class Retriever(ABC):
     def load(cls, path: str | os.PathLike[str]) -> Retriever:
         """Load a saved retriever of whatever kind its manifest names."""
         path = Path(path)
-        manifest = path / MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a saved retriever: no {MANIFEST}")
-        config = json.loads(manifest.read_text(encoding="utf-8"))
+        config = read_saved_manifest(path)
         kind = config.pop("kind", None)
         if kind not in Retriever._registry:
-            raise ValueError(f"{manifest}: unknown retriever kind {kind!r}; "
+            raise ValueError(f"{path / MANIFEST}: unknown retriever kind {kind!r}; "
                              f"known: {sorted(Retriever._registry)}")
         retriever = Retriever._registry[kind]._load_state(path, config)
-        retriever.passage_ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        retriever.passage_ids = read_saved_ids(path)
         return retriever
 
     @abstractmethod

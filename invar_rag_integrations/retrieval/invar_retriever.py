@@ -20,7 +20,7 @@ from ..data import Passage
 from ..paths import cache_dir
 from .artifacts import load_retriever_encoder
 from .base import MANIFEST as INDEX_MANIFEST
-from .base import Retriever, SearchResult
+from .base import Retriever, SearchResult, read_saved_ids, read_saved_manifest
 from .dense import encoder_identity
 from .embedding_cache import cached_embeddings, texts_hash
 from .invar import InvarEncoder
@@ -77,24 +77,23 @@ class InvarRetriever(Retriever):
 
     def load_index(self, path: str | os.PathLike[str]) -> None:
         """Load an index saved by :meth:`save`; it must have been built by this retriever."""
-        import json
-
-        import faiss
-
         path = Path(path)
-        manifest = path / INDEX_MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a saved index: no {INDEX_MANIFEST}")
-        config = json.loads(manifest.read_text(encoding="utf-8"))
+        config = read_saved_manifest(path)
         if config.get("kind") != self.kind:
             raise ValueError(f"{path}: a {config.get('kind')!r} index, not an Invar index")
+        self._attach_index(path, config)
+        self.passage_ids = read_saved_ids(path)
+
+    def _attach_index(self, path: Path, config: dict[str, Any]) -> None:
+        """Read the FAISS index of ``path`` after checking this retriever built it."""
+        import faiss
+
         if config.get("retriever_hash") != self.retriever_hash:
             raise ValueError(
                 f"{path}: this index was built by retriever {config.get('system')!r} "
                 f"(hash {str(config.get('retriever_hash'))[:12]}), not by {str(self.system_dir)!r} "
                 f"(hash {self.retriever_hash[:12]}); re-index with `invar-rag index`")
         self._faiss = faiss.read_index(str(path / "index.faiss"))
-        self.passage_ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
 
     # --- indexing -------------------------------------------------------------------------
 
@@ -167,5 +166,5 @@ class InvarRetriever(Retriever):
         system = (path / config["system"]).resolve()
         encoder, manifest = load_retriever_encoder(system)
         retriever = cls(encoder, system, manifest["retriever"]["hash"])
-        retriever.load_index(path)
+        retriever._attach_index(path, config)  # Retriever.load reads the passage ids
         return retriever
