@@ -36,22 +36,12 @@ from .query_variants import REWRITE_KINDS
 
 
 @dataclass
-class ModelArguments:
-    """The base LM, coarse encoder and representation (see ``InvarSettings``)."""
+class ModelArguments(InvarSettings):
+    """The base LM and coarse encoder, plus every representation setting of ``InvarSettings``
+    (``beta`` is the fusion weight used when ``index_after_training`` does not choose one)."""
 
     base_model: str = "smollm2"
     coarse_encoder: str = "minilm"
-    num_soft_tokens: int = 4
-    doc_input: str = "coarse"
-    query_prefix: str = "query:"
-    passage_prefix: str = "passage:"
-    tau: float = 0.05
-    max_query_tokens: int = 64
-    max_passage_tokens: int = 256
-    projector_hidden: int = 1024
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
 
     def settings(self) -> InvarSettings:
         names = set(InvarSettings.__dataclass_fields__)
