@@ -126,8 +126,7 @@ def evaluate_system(system: str, data: str | None, latency_queries: int) -> list
     if system in ROBUSTNESS:
         rows += _robustness_rows(system, retriever, questions, by_id, results)
     picked = random.Random(0).sample([q.question for q in questions], latency_queries)
-    rows += [dict(r, split="val", dataset="val-queries")
-             for r in _latency_rows(system, retriever, picked)]
+    rows += _latency_rows(system, retriever, picked, split="val")
     rows.append(_peak_rss_row(system, len(corpus)))
     return rows
 

@@ -37,7 +37,7 @@ def _row(system: str, dataset: str, metric: str, value: float, n: int, split: st
             "value": value, "n": n}
 
 
-def _latency_rows(system: str, retriever, queries: list[str]) -> list[dict]:
+def _latency_rows(system: str, retriever, queries: list[str], split: str = "dev") -> list[dict]:
     retriever.search(queries[:5], k=20)  # warm up
     times = []
     for query in queries:
@@ -45,8 +45,10 @@ def _latency_rows(system: str, retriever, queries: list[str]) -> list[dict]:
         retriever.search([query], k=20)
         times.append((time.perf_counter() - started) * 1000)
     cuts = statistics.quantiles(times, n=20)
-    return [_row(system, "dev-queries", "latency_p50_ms", statistics.median(times), len(times)),
-            _row(system, "dev-queries", "latency_p95_ms", cuts[18], len(times))]
+    measured_on = f"{split}-queries"
+    return [_row(system, measured_on, "latency_p50_ms", statistics.median(times), len(times),
+                 split),
+            _row(system, measured_on, "latency_p95_ms", cuts[18], len(times), split)]
 
 
 def _peak_rss_row(system: str, n: int) -> dict:

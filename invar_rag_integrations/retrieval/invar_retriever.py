@@ -52,10 +52,6 @@ class InvarRetriever(Retriever):
         self.beta = encoder.settings.beta
         self._faiss: Any = None
 
-    @property
-    def name(self) -> str:
-        return "invar"
-
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], index: str | os.PathLike[str]
                         | None = None, base_model: str | None = None,
