@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,27 @@ def odqa_dir(tmp_path: Path) -> Path:
     (train / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | william shakespeare \n"
                                               "no separator here\n", encoding="utf-8")
     return tmp_path / "data"
+
+
+@pytest.fixture()
+def retriever_config(tiny_lm_dir: Path, tiny_encoder_dir: Path,
+                     odqa_dir: Path) -> Callable[..., Path]:
+    """Write a tiny retriever-training config into a folder; keys can be overridden."""
+    import json
+
+    def write(folder: Path, **overrides: object) -> Path:
+        (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text(
+            "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
+            encoding="utf-8")
+        config = {"base_model": str(tiny_lm_dir), "coarse_encoder": str(tiny_encoder_dir),
+                  "data_dir": str(odqa_dir), "questions_per_dataset": [2, 2, 1, 2],
+                  "tune_questions_per_dataset": 1, "num_candidates": 4, "mine_depth": 6,
+                  "projector_hidden": 16, "lora_r": 4, "output_dir": str(folder / "system"),
+                  "num_train_epochs": 2, "per_device_train_batch_size": 2,
+                  "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1, "use_cpu": True,
+                  "report_to": "none", "fusion_betas": [0.0, 5.0], **overrides}
+        path = folder / "config.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        return path
+
+    return write

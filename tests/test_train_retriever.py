@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ from invar_rag_integrations.models import load_base_lm
 from training.candidates import mine_candidates, resize_context
 from training.lsr import LSRScorer, lsr_cache_file, lsr_prompt
 from training.retriever_data import make_variants, select_questions
-from training.retriever_trainer import last_complete_checkpoint
 from training.train_retriever import parse_arguments
+from training.trainer_utils import last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,23 +101,6 @@ def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
     assert resumed.computed == 1
 
 
-def _config(tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path, odqa_dir: Path,
-            **overrides) -> Path:
-    (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text(
-        "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
-        encoding="utf-8")
-    config = {"base_model": str(tiny_lm_dir), "coarse_encoder": str(tiny_encoder_dir),
-              "data_dir": str(odqa_dir), "questions_per_dataset": [2, 2, 1, 2],
-              "tune_questions_per_dataset": 1, "num_candidates": 4, "mine_depth": 6,
-              "projector_hidden": 16, "lora_r": 4, "output_dir": str(tmp_path / "system"),
-              "num_train_epochs": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-3,
-              "save_steps": 2, "logging_steps": 1, "use_cpu": True, "report_to": "none",
-              "fusion_betas": [0.0, 5.0], **overrides}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config), encoding="utf-8")
-    return path
-
-
 def test_config_with_unknown_keys_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"output_dir": "x", "learning_rat": 1, "mystery": 2}))
@@ -132,13 +116,12 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_driver_trains_saves_indexes_and_tunes_beta(tmp_path: Path, tiny_lm_dir: Path,
-                                                    tiny_encoder_dir: Path,
-                                                    odqa_dir: Path) -> None:
+def test_driver_trains_saves_indexes_and_tunes_beta(
+        tmp_path: Path, retriever_config: Callable[..., Path], odqa_dir: Path) -> None:
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.retrieval import make_retriever
 
-    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    config = retriever_config(tmp_path)
     cli(["train-retriever", str(config)])
     system = tmp_path / "system"
     manifest = json.loads((system / "invar_rag.json").read_text())
@@ -155,11 +138,9 @@ def test_driver_trains_saves_indexes_and_tunes_beta(tmp_path: Path, tiny_lm_dir:
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_lm_dir: Path,
-                                                           tiny_encoder_dir: Path,
-                                                           odqa_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+        tmp_path: Path, retriever_config: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from training import retriever_trainer, train_retriever
 
     real_forward = retriever_trainer.RetrieverTrainingModel.forward
@@ -172,7 +153,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, tiny_
         return real_forward(self, **batch)
 
     monkeypatch.setattr(retriever_trainer.RetrieverTrainingModel, "forward", poisoned)
-    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    config = retriever_config(tmp_path)
     with pytest.raises(SystemExit, match="training stopped at step 3: non-finite .*"
                                          "Last good checkpoint: .*checkpoint-2"):
         train_retriever.main([str(config)])
@@ -188,9 +169,9 @@ def _driver(config: Path, *flags: str, launcher: list[str] | None = None) -> sub
 
 
 @pytest.mark.slow
-def test_training_resumes_after_sigkill(tmp_path: Path, tiny_lm_dir: Path,
-                                        tiny_encoder_dir: Path, odqa_dir: Path) -> None:
-    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir, num_train_epochs=400,
+def test_training_resumes_after_sigkill(tmp_path: Path,
+                                        retriever_config: Callable[..., Path]) -> None:
+    config = retriever_config(tmp_path, num_train_epochs=400,
                      index_after_training=False)
     system = tmp_path / "system"
     process = _driver(config)
@@ -214,11 +195,11 @@ def test_training_resumes_after_sigkill(tmp_path: Path, tiny_lm_dir: Path,
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lm_dir: Path,
-                                       tiny_encoder_dir: Path, odqa_dir: Path) -> None:
+def test_torchrun_two_processes_on_cpu(tmp_path: Path,
+                                       retriever_config: Callable[..., Path]) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun is installed with torch"
-    config = _config(tmp_path, tiny_lm_dir, tiny_encoder_dir, odqa_dir)
+    config = retriever_config(tmp_path)
     process = _driver(config, "--ddp_backend", "gloo",
                       launcher=[torchrun, "--standalone", "--nproc_per_node", "2"])
     output, _ = process.communicate(timeout=300)
@@ -229,7 +210,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lm_dir: Path,
     assert (tmp_path / "system" / "index" / "index.faiss").is_file()
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("*.json")),
+@pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("retriever_*.json")),
                          ids=lambda p: p.name)
 def test_shipped_configs_parse(config: Path) -> None:
     gpu_only = "gpu" in config.name and not torch.cuda.is_available()

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.datasets import freebaseqa, odqa_questions
+from invar_rag_integrations.evaluation.datasets import ODQA_DATASETS, freebaseqa, odqa_questions
 
 from .candidates import Candidates, resize_context
 from .lsr import LSRScorer, lsr_prompt
 from .query_variants import rewrite
 
-TRAIN_SOURCES = ("nq", "squad", "popqa_longtail", "freebaseqa")
+TRAIN_SOURCES = (*ODQA_DATASETS, "freebaseqa")
 
 
 @dataclass(frozen=True)

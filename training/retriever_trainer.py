@@ -1,22 +1,17 @@
-"""The retriever-stage training model and its HF ``Trainer`` (small checkpoints, NaN guard)."""
+"""The retriever-stage training model (in-batch negatives, loss-term logging, NaN guard)."""
 
 from __future__ import annotations
 
-import os
-import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from invar_rag_integrations.retrieval.invar import InvarEncoder
 
 from .losses import InvarRetrievalLoss
-
-CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,46 +106,3 @@ class LossTermsCallback(TrainerCallback):
                **kwargs: Any) -> None:
         if logs is not None and "loss" in logs:
             logs.update({k: round(v, 4) for k, v in self.model.pop_term_means().items()})
-
-
-class RetrieverTrainer(Trainer):
-    """HF ``Trainer`` whose checkpoints hold only the trained weights (LoRA + projector)."""
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
-        output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        if not self.args.should_save:
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()
-                 if n in trainable}
-        save_file(state, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        from safetensors.torch import load_file
-
-        model = model or self.model
-        state = load_file(os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS))
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        missing = sorted(trainable - set(state))
-        if missing:
-            raise ValueError(f"{resume_from_checkpoint}: checkpoint lacks {len(missing)} trained "
-                             f"weights (e.g. {missing[0]}); was it written by another config?")
-        model.load_state_dict(state, strict=False)
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
-    """The newest ``checkpoint-N`` whose trainer state was written (a kill mid-save is skipped)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    steps = []
-    for child in folder.iterdir():
-        match = re.fullmatch(r"checkpoint-(\d+)", child.name)
-        if match and (child / "trainer_state.json").is_file() and \
-                (child / CHECKPOINT_WEIGHTS).is_file():
-            steps.append((int(match.group(1)), child))
-    return str(max(steps)[1]) if steps else None

@@ -18,7 +18,7 @@ corpus and choose the coarse-score fusion weight on held-apart training question
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.retrieval.invar import InvarSettings
 
 from .query_variants import REWRITE_KINDS
+from .trainer_utils import parse_config
 
 
 @dataclass
@@ -95,22 +96,8 @@ class LossArguments:
 
 def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, LossArguments,
                                                   TrainingArguments]:
-    """Step 1: a JSON file (unknown keys are an error naming them), then optional flags that
-    override it, or flags alone."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
-    argv = list(argv)
-    if argv and argv[0].endswith(".json"):
-        path = Path(argv.pop(0))
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read config {path}: {err}") from None
-        known = {f for dc in parser.dataclass_types for f in dc.__dataclass_fields__}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}")
-        parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    """Step 1: a JSON config and/or flags (see :func:`training.trainer_utils.parse_config`)."""
+    return parse_config((ModelArguments, DataArguments, LossArguments, TrainingArguments), argv)
 
 
 def mine(questions: list[Question], passages: list[Passage], coarse_encoder: Any,
@@ -178,14 +165,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from .retriever_trainer import (
         LossTermsCallback,
         NonFiniteLossError,
-        RetrieverTrainer,
         RetrieverTrainingModel,
-        last_complete_checkpoint,
     )
+    from .trainer_utils import TrainedWeightsTrainer, last_complete_checkpoint
 
     # 1. arguments
-    model_args, data, loss_args, train_args = parse_arguments(
-        sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data, loss_args, train_args = parse_arguments(argv)
     settings = model_args.settings()
     train_args.remove_unused_columns = False
     if train_args.ddp_find_unused_parameters is None:  # every LoRA weight is used each step
@@ -251,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                               loss_args.use_invar)
     model = RetrieverTrainingModel(encoder, loss, loss_args.in_batch_negatives,
                                    loss_args.train_fusion_beta)
-    trainer = RetrieverTrainer(model=model, args=train_args, train_dataset=dataset,
+    trainer = TrainedWeightsTrainer(model=model, args=train_args, train_dataset=dataset,
                                data_collator=collate, callbacks=[LossTermsCallback(model)])
     resume = last_complete_checkpoint(output)
     if resume:
@@ -267,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         return output
 
     # 6. the system directory
-    all_args = {"model": asdict(model_args), "data": asdict(data), "loss": asdict(loss_args),
+    all_args = {"command": shlex.join(["invar-rag", "train-retriever", *argv]),
+                "model": asdict(model_args), "data": asdict(data), "loss": asdict(loss_args),
                 "training": train_args.to_dict()}
     metrics = {"train_examples": len(examples), "lsr_prompts": int(sum(
         len(ex["variants"]) * len(ex["candidate_ids"]) for ex in examples)),
@@ -282,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         retriever = InvarRetriever(encoder, output, read_manifest(output)["retriever"]["hash"])
         retriever.index(passages)
-        retriever.save(output / "index")
+        retriever.save(output / "index", passages)
         if tune:
             settings.beta, table = choose_fusion_beta(retriever, tune, by_id,
                                                       loss_args.fusion_betas)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..models.adapters import use_adapter
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -34,27 +36,9 @@ class HFGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    @contextlib.contextmanager
-    def using(self, adapter: str | None) -> Iterator[None]:
+    def using(self, adapter: str | None) -> contextlib.AbstractContextManager[None]:
         """Run with the named peft adapter active, or with the plain base model for ``None``."""
-        adapters = getattr(self.model, "peft_config", None)
-        if adapters is None:
-            if adapter is not None:
-                raise ValueError(f"adapter {adapter!r} requested, but the model has no adapters")
-            yield
-            return
-        if adapter is None:
-            with self.model.disable_adapter():
-                yield
-            return
-        if adapter not in adapters:
-            raise ValueError(f"unknown adapter {adapter!r}; loaded: {sorted(adapters)}")
-        previous = self.model.active_adapter
-        self.model.set_adapter(adapter)
-        try:
-            yield
-        finally:
-            self.model.set_adapter(previous)
+        return use_adapter(self.model, adapter)
 
     def _options(self, max_new_tokens: int, do_sample: bool, temperature: float,
                  top_p: float) -> dict[str, Any]:

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.adapters import LORA_TARGETS, check_lora, lora_config, use_adapter
+
 DOC_INPUTS = ("coarse", "text", "coarse+text")
 RETRIEVER_ADAPTER = "retriever"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -59,9 +60,7 @@ class InvarSettings:
         if self.num_soft_tokens < 1 or self.tau <= 0 or self.beta < 0:
             raise ValueError("need num_soft_tokens >= 1, tau > 0 and beta >= 0; got "
                              f"{self.num_soft_tokens}, {self.tau}, {self.beta}")
-        if self.lora_r < 1 or self.lora_r > 64:
-            raise ValueError(f"lora_r must be in 1..64 (vLLM serves ranks up to 64), got "
-                             f"{self.lora_r}")
+        check_lora(self.lora_r, self.lora_targets)
 
     def index_fields(self) -> dict[str, Any]:
         """The settings a passage vector depends on (``beta`` is query-side only)."""
@@ -188,8 +187,9 @@ class InvarEncoder(nn.Module):
             start = len(prefix)
             soft_tokens = self.projector(coarse.to(device, embeds.dtype))
             embeds = torch.cat([embeds[:, :start], soft_tokens, embeds[:, start + m :]], dim=1)
-        hidden = self._decoder()(inputs_embeds=embeds,
-                                 attention_mask=attention.to(device)).last_hidden_state
+        with use_adapter(self.lm, RETRIEVER_ADAPTER):  # the generator may share this model
+            hidden = self._decoder()(inputs_embeds=embeds,
+                                     attention_mask=attention.to(device)).last_hidden_state
         pooled = hidden[torch.arange(batch, device=device), (lengths - 1).to(device)]
         return nn.functional.normalize(pooled.float(), dim=-1)
 
@@ -220,11 +220,10 @@ class InvarEncoder(nn.Module):
 
 def add_retriever_adapter(lm: nn.Module, settings: InvarSettings) -> nn.Module:
     """Wrap ``lm`` with a fresh ``retriever`` LoRA adapter (base weights frozen)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                        lora_dropout=settings.lora_dropout,
-                        target_modules=list(settings.lora_targets), bias="none")
+    config = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+                         settings.lora_targets)
     return get_peft_model(lm, config, adapter_name=RETRIEVER_ADAPTER)
 
 
