@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
+from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
@@ -38,13 +39,31 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     print(f"wrote {write_results(output, rows)}", file=sys.stderr)
 
 
-def _train_retriever(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> None:
+    import importlib
+
     try:
-        from training.train_retriever import main as train
+        driver = importlib.import_module(f"training.{args.driver}")
     except ImportError as err:
         raise ImportError(f"training needs the 'train' extra ({err}): "
                           "pip install 'invar-rag-integrations[train]'") from None
-    train([args.config, *args.overrides])
+    driver.main([args.config, *args.overrides])
+
+
+def _eval_qa(args: argparse.Namespace) -> None:
+    from .evaluation import odqa_corpus, odqa_questions
+    from .evaluation.qa_eval import compare_systems, sample_per_dataset
+    from .evaluation.results import pivot_table, write_results
+
+    questions = sample_per_dataset(odqa_questions(args.split, args.datasets, data=args.data_dir),
+                                   args.sample, args.seed)
+    rows = compare_systems(args.system, questions, odqa_corpus(args.data_dir), args.split,
+                           args.systems, args.batch_size)
+    print(pivot_table([r for r in rows if r["dataset"] != "all"], ["em", "f1"]))
+    print(pivot_table([r for r in rows if r["dataset"] == "all"],
+                      ["tokens_per_s", "s_per_question"]))
+    output = args.output or f"eval-qa-{args.split}.json"
+    print(f"wrote {write_results(output, rows)}", file=sys.stderr)
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -58,7 +77,7 @@ def _index(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     retriever.index(passages)
     seconds = time.perf_counter() - started
-    output = retriever.save(args.output or f"{args.retriever}/{INDEX_DIR}")
+    output = retriever.save(args.output or f"{args.retriever}/{INDEX_DIR}", passages)
     print(f"indexed {len(passages)} passages in {seconds:.1f} s "
           f"({len(passages) / seconds:.1f} passages/s); saved to {output}", file=sys.stderr)
     if retriever.encoder.truncated["passage"]:
@@ -69,7 +88,7 @@ def _index(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo.run import DemoSettings, run_demo
 
-    run_demo(DemoSettings(base_model=args.base_model, coarse_encoder=args.coarse_encoder, k=args.k))
+    run_demo(DemoSettings(args.system) if args.system else DemoSettings())
 
 
 def _positive_int(text: str) -> int:
@@ -97,13 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="results JSON (default: eval-retrieval-NAME-SPLIT.json)")
     ev.set_defaults(func=_eval_retrieval)
 
-    train = commands.add_parser(
-        "train-retriever", help="train the Invar retriever (training/train_retriever.py)")
-    train.add_argument("config", help="JSON config, e.g. training/configs/"
-                                      "retriever_smollm2_cpu.json")
-    train.add_argument("overrides", nargs=argparse.REMAINDER,
-                       help="--flag value pairs that override the config")
-    train.set_defaults(func=_train_retriever)
+    for stage in ("retriever", "generator"):
+        train = commands.add_parser(
+            f"train-{stage}", help=f"train the {stage} adapter (training/train_{stage}.py)")
+        train.add_argument("config", help=f"JSON config, e.g. training/configs/"
+                                          f"{stage}_smollm2_cpu.json")
+        train.add_argument("overrides", nargs=argparse.REMAINDER,
+                           help="--flag value pairs that override the config")
+        train.set_defaults(func=_train, driver=f"train_{stage}")
+
+    qa = commands.add_parser("eval-qa", help="EM/F1 of a trained system beside its baselines")
+    qa.add_argument("--system", required=True, help="trained system directory (with generator)")
+    qa.add_argument("--systems", nargs="+", choices=QA_SYSTEMS, default=list(QA_SYSTEMS))
+    qa.add_argument("--split", choices=SPLITS, default="val")
+    qa.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS, default=list(QA_DATASETS))
+    qa.add_argument("--sample", type=_positive_int,
+                    help="a fixed seeded sample of N questions per dataset (default: all)")
+    qa.add_argument("--seed", type=int, default=0)
+    qa.add_argument("--batch-size", type=_positive_int, default=8)
+    qa.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
+                                       "../shared/data)")
+    qa.add_argument("--output", help="results JSON (default: eval-qa-SPLIT.json)")
+    qa.set_defaults(func=_eval_qa)
 
     index = commands.add_parser("index", help="index a corpus with a trained Invar retriever")
     index.add_argument("--retriever", required=True, help="trained system directory")
@@ -114,9 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(func=_index)
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
-    demo.add_argument("--base-model", default="smollm2")
-    demo.add_argument("--coarse-encoder", default="minilm")
-    demo.add_argument("--k", type=_positive_int, default=3)
+    demo.add_argument("--system", help="trained system directory (default: the small system "
+                                       "the package ships)")
     demo.set_defaults(func=_demo)
     return parser
 

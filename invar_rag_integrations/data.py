@@ -78,6 +78,16 @@ def load_passages(path: str | os.PathLike[str]) -> list[Passage]:
     return check_corpus(passages, str(path))
 
 
+def save_passages(path: str | os.PathLike[str], passages: Iterable[Passage]) -> Path:
+    """Write passages as the JSON-lines corpus format :func:`load_passages` reads."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as handle:
+        for p in passages:
+            handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text},
+                                    ensure_ascii=False) + "\n")
+    return path
+
+
 def check_corpus(passages: Iterable[Passage], source: str = "passages") -> list[Passage]:
     """Validate a corpus: at least one passage and unique ids.
 

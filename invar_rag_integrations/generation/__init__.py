@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .hf import Generation, HFGenerator
-from .prompts import PromptTemplate
+from .prompts import FittedPrompt, PromptTemplate
 
-__all__ = ["Generation", "HFGenerator", "PromptTemplate"]
+__all__ = ["FittedPrompt", "Generation", "HFGenerator", "PromptTemplate"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from ..data import Passage
 
@@ -22,6 +23,48 @@ DEFAULT_EXAMPLES: tuple[tuple[str, str], ...] = (
     ("Who wrote the novel Pride and Prejudice?", "Jane Austen"),
     ("What is the largest ocean on Earth?", "the Pacific Ocean"),
 )
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A prompt cut to a token budget, saying what had to be cut.
+
+    Attributes:
+        text: The prompt.
+        passage_words: Words kept per passage when passages were shortened (0: all dropped).
+        question_words: Words kept of the question when it was shortened.
+    """
+
+    text: str
+    passage_words: int | None = None
+    question_words: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.passage_words is not None or self.question_words is not None
+
+    def describe(self) -> str:
+        """What was cut, in words ("" when nothing was)."""
+        cuts = []
+        if self.passage_words == 0:
+            cuts.append("passages dropped")
+        elif self.passage_words is not None:
+            cuts.append(f"passages cut to {self.passage_words} words")
+        if self.question_words is not None:
+            cuts.append(f"question cut to its last {self.question_words} words")
+        return "; ".join(cuts)
+
+
+def _largest_fitting(high: int, fits: Callable[[int], bool]) -> int:
+    """The largest ``n`` in ``1..high`` with ``fits(n)`` (monotone), or 0 when none fits."""
+    low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 @dataclass(frozen=True)
@@ -66,6 +109,45 @@ class PromptTemplate:
             parts += [""]
         parts += [f"Question: {question.strip()}", "Answer:"]
         return "\n".join(parts)
+
+    def fit(self, question: str, passages: Sequence[Passage], count_tokens: Callable[[str], int],
+            max_tokens: int) -> FittedPrompt:
+        """Render within ``max_tokens``: passages are shortened (then dropped) first, then the
+        question loses its first words.
+
+        Raises:
+            ValueError: Even the instruction and examples alone exceed ``max_tokens``.
+        """
+        text = self.render(question, passages)
+        if count_tokens(text) <= max_tokens:
+            return FittedPrompt(text)
+        if passages:
+            longest = max(len(p.text.split()) for p in passages)
+            cap = min(longest, self.max_passage_words or longest)
+            words = _largest_fitting(cap - 1, lambda n: count_tokens(
+                replace(self, max_passage_words=n).render(question, passages)) <= max_tokens)
+            if words:
+                return FittedPrompt(replace(self, max_passage_words=words).render(question,
+                                                                                  passages), words)
+        words = question.split()
+        kept = _largest_fitting(len(words), lambda n: count_tokens(
+            self.render(" ".join(words[-n:]))) <= max_tokens)
+        if not kept:
+            raise ValueError(f"the prompt's instruction and examples alone exceed {max_tokens} "
+                             "tokens; use fewer examples (n_shots) or a larger budget")
+        return FittedPrompt(self.render(" ".join(words[-kept:])), 0 if passages else None,
+                            kept if kept < len(words) else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings for a manifest (:meth:`from_dict` restores them)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> PromptTemplate:
+        settings = dict(settings)
+        if "examples" in settings:
+            settings["examples"] = tuple((str(q), str(a)) for q, a in settings["examples"])
+        return cls(**settings)
 
     @staticmethod
     def clean_answer(generated: str) -> str:

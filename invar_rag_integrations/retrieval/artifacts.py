@@ -71,7 +71,7 @@ def retriever_hash(path: Path, settings: InvarSettings, base_identity: str,
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _identity(model: Any) -> dict[str, str]:
+def model_identity(model: Any) -> dict[str, str]:
     source = getattr(model, "invar_source", None)
     if source is None:
         raise ValueError("models must be loaded with load_base_lm / load_coarse_encoder so the "
@@ -94,8 +94,8 @@ def save_retriever(encoder: InvarEncoder, path: str | os.PathLike[str],
     save_file({k: v.detach().cpu().contiguous() for k, v in encoder.projector.state_dict().items()},
               str(path / PROJECTOR_FILE))
     manifest = read_manifest(path) if is_system_dir(path) else {"format": FORMAT}
-    base = _identity(encoder.lm.get_base_model())
-    coarse = _identity(encoder.coarse_encoder)
+    base = model_identity(encoder.lm.get_base_model())
+    coarse = model_identity(encoder.coarse_encoder)
     manifest.update(base_model=base, coarse_encoder=coarse)
     manifest["retriever"] = {
         "adapter": RETRIEVER_ADAPTER, "projector": PROJECTOR_FILE,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..data import Passage, check_corpus
+from ..data import Passage, check_corpus, save_passages
 
 MANIFEST = "retriever.json"
 IDS_FILE = "ids.json"
+PASSAGES_FILE = "passages.jsonl"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Retriever(ABC):
         """Short system name for result tables."""
         return self.kind
 
+    def identity(self) -> str:
+        """What decides this retriever's rankings apart from the corpus (a key for caches)."""
+        return self.kind
+
     def index(self, passages: Sequence[Passage]) -> None:
         """Build the index over ``passages`` (replacing any previous one)."""
         passages = check_corpus(passages)
@@ -96,8 +101,10 @@ class Retriever(ABC):
             return []
         return self._search(queries, min(k, len(self.passage_ids)))
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save the index to folder ``path`` with a ``retriever.json`` manifest."""
+    def save(self, path: str | os.PathLike[str],
+             passages: Sequence[Passage] | None = None) -> Path:
+        """Save the index to folder ``path`` with a ``retriever.json`` manifest, and the indexed
+        ``passages`` (their texts, for generation) when given."""
         if not self.passage_ids:
             raise RuntimeError("nothing to save: the retriever has no index")
         path = Path(path)
@@ -105,6 +112,10 @@ class Retriever(ABC):
         (path / IDS_FILE).write_text(json.dumps(self.passage_ids), encoding="utf-8")
         config = {"kind": self.kind, **self._save_state(path)}
         (path / MANIFEST).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        if passages is not None:
+            if [p.id for p in passages] != self.passage_ids:
+                raise ValueError("the passages to save are not the ones indexed")
+            save_passages(path / PASSAGES_FILE, passages)
         return path
 
     @classmethod

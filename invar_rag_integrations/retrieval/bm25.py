@@ -26,6 +26,9 @@ class BM25Retriever(Retriever):
         self.k1, self.b, self.stemmer_language = k1, b, stemmer_language
         self._bm25: Any = None
 
+    def identity(self) -> str:
+        return f"{self.kind}:k1={self.k1}:b={self.b}:{self.stemmer_language}"
+
     def _stemmer(self) -> Any:
         if not self.stemmer_language:
             return None

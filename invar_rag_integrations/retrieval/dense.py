@@ -45,6 +45,9 @@ class DenseRetriever(Retriever):
     def name(self) -> str:
         return "minilm" if self.encoder_name == DEFAULT_COARSE_ENCODER else self.encoder_name
 
+    def identity(self) -> str:
+        return f"{self.kind}:{encoder_identity(self.encoder) or self.encoder_name}"
+
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         """Normalised float32 embeddings of ``texts``."""
         return self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,

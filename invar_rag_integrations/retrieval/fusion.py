@@ -48,6 +48,10 @@ class FusionRetriever(Retriever):
     def name(self) -> str:
         return "rrf(" + "+".join(r.name for r in self.retrievers) + ")"
 
+    def identity(self) -> str:
+        parts = [r.identity() for r in self.retrievers]
+        return f"{self.kind}:depth={self.depth}:k={self.rrf_k}:" + "+".join(parts)
+
     def _index(self, passages: list[Passage]) -> None:
         for retriever in self.retrievers:
             retriever.index(passages)

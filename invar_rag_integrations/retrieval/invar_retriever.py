@@ -91,6 +91,9 @@ class InvarRetriever(Retriever):
                 f"(hash {self.retriever_hash[:12]}); re-index with `invar-rag index`")
         self._faiss = faiss.read_index(str(path / "index.faiss"))
 
+    def identity(self) -> str:
+        return f"{self.kind}:{self.retriever_hash}:beta={self.beta}"
+
     # --- indexing -------------------------------------------------------------------------
 
     def passage_vectors(self, passages: list[Passage]) -> np.ndarray:

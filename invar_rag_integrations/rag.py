@@ -1,0 +1,195 @@
+"""Retrieve-then-generate pipelines: :class:`InvarRAG` (a trained system) and the baselines
+(any retriever or none, the base LM or an adapter) behind the same :class:`RAGPipeline`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import Passage, check_corpus, load_passages
+from .generation import FittedPrompt, HFGenerator, PromptTemplate
+from .generation.artifacts import GENERATOR_ADAPTER, GeneratorSettings, load_generator
+from .retrieval.base import PASSAGES_FILE, Retriever, SearchResult, check_k, check_queries
+
+
+@dataclass(frozen=True)
+class Source:
+    """A retrieved passage and its retrieval score."""
+
+    passage: Passage
+    score: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer with the passages it was generated from.
+
+    Attributes:
+        question: The question as asked.
+        text: The answer.
+        sources: Retrieved passages, best first (empty for closed-book answers).
+        num_tokens: Generated tokens.
+        truncation: What was cut to fit the prompt budget ("" when nothing was).
+    """
+
+    question: str
+    text: str
+    sources: list[Source]
+    num_tokens: int = 0
+    truncation: str = ""
+
+
+class RAGPipeline:
+    """Retrieve the top-``k`` passages, put them in the prompt, generate a short answer.
+
+    Args:
+        generator: The HF generator (its model may hold several adapters).
+        retriever: An indexed retriever, or ``None`` for closed-book answers.
+        passages: The indexed passages (their texts go into prompts).
+        settings: ``k``, token budgets (the LoRA fields are unused here).
+        template: The prompt template.
+        adapter: The generator's peft adapter (``None``: the base model).
+        batch_size: Generation batch size.
+    """
+
+    def __init__(self, generator: HFGenerator, retriever: Retriever | None = None,
+                 passages: Sequence[Passage] = (), settings: GeneratorSettings | None = None,
+                 template: PromptTemplate | None = None, adapter: str | None = None,
+                 batch_size: int = 8):
+        self.generator, self.retriever, self.adapter = generator, retriever, adapter
+        self.settings = settings or GeneratorSettings()
+        self.template = template or PromptTemplate()
+        self.batch_size = batch_size
+        self.passages: dict[str, Passage] = {p.id: p for p in passages}
+        if retriever is not None and retriever.passage_ids:
+            self._check_covered(retriever.passage_ids)
+        config = generator.model.config
+        self.max_prompt_tokens = self.settings.max_prompt_tokens or (
+            config.max_position_embeddings - self.settings.max_new_tokens)
+        self._warned = False
+
+    def _check_covered(self, ids: Sequence[str]) -> None:
+        missing = [pid for pid in ids if pid not in self.passages]
+        if missing:
+            raise ValueError(f"the index holds {len(missing)} passage ids without passage text "
+                             f"(e.g. {missing[0]!r}); pass the corpus it was built from")
+
+    def index(self, passages: Sequence[Passage]) -> None:
+        """Index ``passages`` with the retriever (replacing its index) and keep their texts."""
+        if self.retriever is None:
+            raise RuntimeError("a closed-book pipeline has no retriever to index with")
+        passages = check_corpus(passages)
+        self.retriever.index(passages)
+        self.passages = {p.id: p for p in passages}
+
+    # --- retrieval ------------------------------------------------------------------------
+
+    def retrieve_batch(self, queries: Sequence[str], k: int | None = None) -> list[list[Source]]:
+        """Top-``k`` sources (default ``settings.k``) for each query."""
+        queries = check_queries(queries)
+        if self.retriever is None:
+            return [[] for _ in queries]
+        return self.sources(self.retriever.search(queries, check_k(k or self.settings.k)))
+
+    def sources(self, results: Sequence[SearchResult]) -> list[list[Source]]:
+        """Search results as sources (passage texts looked up in the indexed corpus)."""
+        return [[Source(self.passages[i], s) for i, s in zip(r.ids, r.scores)] for r in results]
+
+    def retrieve(self, query: str, k: int | None = None) -> list[Source]:
+        """Top-``k`` sources for one query."""
+        return self.retrieve_batch([query], k)[0]
+
+    # --- answering ------------------------------------------------------------------------
+
+    def prompt(self, question: str, sources: Sequence[Source]) -> FittedPrompt:
+        """The prompt for ``question`` within the token budget (warns once when it is cut)."""
+        tokenizer = self.generator.tokenizer
+        fitted = self.template.fit(question, [s.passage for s in sources],
+                                   lambda text: len(tokenizer(text)["input_ids"]),
+                                   self.max_prompt_tokens)
+        if fitted.truncated and not self._warned:
+            self._warned = True
+            warnings.warn(f"a prompt exceeded {self.max_prompt_tokens} tokens: "
+                          f"{fitted.describe()} (reported in Answer.truncation; warned once)",
+                          stacklevel=3)
+        return fitted
+
+    def answer_batch(self, questions: Sequence[str], k: int | None = None,
+                     sources: Sequence[Sequence[Source]] | None = None,
+                     show_progress: bool = False) -> list[Answer]:
+        """Answer every question; ``sources`` replaces retrieval (e.g. cached results)."""
+        questions = check_queries(questions)
+        if sources is None:
+            sources = self.retrieve_batch(questions, k)
+        elif len(sources) != len(questions):
+            raise ValueError(f"{len(sources)} source lists for {len(questions)} questions")
+        prompts = [self.prompt(q, s) for q, s in zip(questions, sources)]
+        generations = self.generator.generate(
+            [p.text for p in prompts], max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.batch_size, show_progress=show_progress, adapter=self.adapter)
+        return [Answer(q, self.template.clean_answer(g.text), list(s), g.num_tokens,
+                       p.describe())
+                for q, s, p, g in zip(questions, sources, prompts, generations)]
+
+    def answer(self, question: str, k: int | None = None) -> Answer:
+        """Answer one question with its sources."""
+        return self.answer_batch([question], k)[0]
+
+    def stream(self, question: str, sources: Sequence[Source] | None = None,
+               k: int | None = None) -> Iterator[str]:
+        """Yield the answer to one question piece by piece (first line only)."""
+        if sources is None:
+            sources = self.retrieve(question, k)
+        yield from self.generator.stream(self.prompt(question, sources).text,
+                                         max_new_tokens=self.settings.max_new_tokens,
+                                         adapter=self.adapter)
+
+
+class InvarRAG(RAGPipeline):
+    """A trained Invar-RAG system: the Invar retriever and the ``generator`` adapter on one base
+    model, with the prompt and settings the generator was trained with."""
+
+    @classmethod
+    def from_pretrained(cls, system_dir: str | os.PathLike[str],
+                        corpus: str | os.PathLike[str] | Sequence[Passage] | None = None,
+                        index: str | os.PathLike[str] | None = None,
+                        base_model: str | None = None,
+                        generator_dir: str | os.PathLike[str] | None = None,
+                        **kwargs: Any) -> InvarRAG:
+        """Load base model, coarse encoder, both adapters, projector and index of one system.
+
+        Args:
+            system_dir: The system directory (``invar_rag.json``).
+            corpus: Passages or a JSON-lines corpus file. With a saved index (``index`` or
+                ``<system_dir>/index``) it supplies the passage texts (default: the index's own
+                ``passages.jsonl``); without one, it is indexed now.
+            index: A saved index folder (default ``<system_dir>/index`` when present).
+            base_model: Override the base model location (must be the same model).
+            generator_dir: Take the generator adapter from another system directory.
+            **kwargs: Passed to the constructor (e.g. ``batch_size``).
+        """
+        from .retrieval import InvarRetriever
+        from .retrieval.invar_retriever import INDEX_DIR
+
+        retriever = InvarRetriever.from_pretrained(system_dir, index, base_model)
+        lm, settings, template = load_generator(retriever.encoder.lm,
+                                                generator_dir or system_dir)
+        retriever.encoder.lm = lm
+        generator = HFGenerator(lm, retriever.encoder.tokenizer)
+        passages: list[Passage] = []
+        if isinstance(corpus, (str, os.PathLike)):
+            passages = load_passages(corpus)
+        elif corpus is not None:
+            passages = check_corpus(corpus)
+        elif retriever.passage_ids:
+            folder = Path(index) if index is not None else Path(system_dir) / INDEX_DIR
+            passages = load_passages(folder / PASSAGES_FILE)
+        rag = cls(generator, retriever, passages, settings, template, GENERATOR_ADAPTER,
+                  **kwargs)
+        if not retriever.passage_ids and passages:
+            rag.index(passages)
+        return rag
