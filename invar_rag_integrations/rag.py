@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,30 @@ from typing import Any
 from .data import Passage, check_corpus, load_passages
 from .generation import FittedPrompt, HFGenerator, PromptTemplate
 from .generation.artifacts import GENERATOR_ADAPTER, GeneratorSettings, load_generator
-from .retrieval.base import PASSAGES_FILE, Retriever, SearchResult, check_k, check_queries
+from .models.adapters import model_lock
+from .retrieval.base import (
+    PASSAGES_FILE,
+    Retriever,
+    SearchResult,
+    check_k,
+    check_queries,
+    check_text,
+)
+
+
+def stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """The pieces of a text re-cut so that they join to the text stripped of surrounding white
+    space (trailing white space is held back until more text follows)."""
+    started, pending = False, ""
+    for piece in pieces:
+        text = pending + piece
+        if not started:
+            text = text.lstrip()
+            started = bool(text)
+        body = text.rstrip()
+        pending = text[len(body):]
+        if body:
+            yield body
 
 
 @dataclass(frozen=True)
@@ -93,7 +116,8 @@ class RAGPipeline:
         queries = check_queries(queries)
         if self.retriever is None:
             return [[] for _ in queries]
-        return self.sources(self.retriever.search(queries, check_k(k or self.settings.k)))
+        k = self.settings.k if k is None else check_k(k)
+        return self.sources(self.retriever.search(queries, k))
 
     def sources(self, results: Sequence[SearchResult]) -> list[list[Source]]:
         """Search results as sources (passage texts looked up in the indexed corpus)."""
@@ -108,14 +132,15 @@ class RAGPipeline:
     def prompt(self, question: str, sources: Sequence[Source]) -> FittedPrompt:
         """The prompt for ``question`` within the token budget (warns once when it is cut)."""
         tokenizer = self.generator.tokenizer
-        fitted = self.template.fit(question, [s.passage for s in sources],
-                                   lambda text: len(tokenizer(text)["input_ids"]),
-                                   self.max_prompt_tokens)
+        with model_lock(self.generator.model):  # the tokenizer may be shared across threads
+            fitted = self.template.fit(question, [s.passage for s in sources],
+                                       lambda text: len(tokenizer(text)["input_ids"]),
+                                       self.max_prompt_tokens)
         if fitted.truncated and not self._warned:
             self._warned = True
             warnings.warn(f"a prompt exceeded {self.max_prompt_tokens} tokens: "
                           f"{fitted.describe()} (reported in Answer.truncation; warned once)",
-                          stacklevel=3)
+                          stacklevel=2)
         return fitted
 
     def answer_batch(self, questions: Sequence[str], k: int | None = None,
@@ -144,9 +169,39 @@ class RAGPipeline:
         """Yield the answer to one question piece by piece (first line only)."""
         if sources is None:
             sources = self.retrieve(question, k)
-        yield from self.generator.stream(self.prompt(question, sources).text,
-                                         max_new_tokens=self.settings.max_new_tokens,
-                                         adapter=self.adapter)
+        yield from stripped(self.generator.stream(self.prompt(question, sources).text,
+                                                  max_new_tokens=self.settings.max_new_tokens,
+                                                  adapter=self.adapter))
+
+
+    # --- completion of formatted prompts (the framework LLMs) ------------------------------
+
+    @property
+    def context_window(self) -> int:
+        """The base model's context length in tokens (prompt plus answer)."""
+        return self.generator.model.config.max_position_embeddings
+
+    def complete(self, prompt: str, stop: Sequence[str] = ("\n",)) -> str:
+        """The generator's greedy completion of an already formatted prompt, stripped of
+        surrounding white space."""
+        return "".join(self.stream_completion(prompt, stop, streaming=False))
+
+    def stream_completion(self, prompt: str, stop: Sequence[str] = ("\n",),
+                          streaming: bool = True) -> Iterator[str]:
+        """:meth:`complete` piece by piece (the pieces join to the same text)."""
+        prompt = check_text(prompt, "prompt")
+        with model_lock(self.generator.model):
+            length = len(self.generator.tokenizer(prompt)["input_ids"])
+        room = self.context_window - self.settings.max_new_tokens
+        if length > room:
+            raise ValueError(f"the prompt has {length} tokens; the model takes at most {room} "
+                             f"({self.context_window} minus {self.settings.max_new_tokens} "
+                             "for the answer)")
+        options = dict(max_new_tokens=self.settings.max_new_tokens, stop=list(stop),
+                       adapter=self.adapter)
+        pieces = self.generator.stream(prompt, **options) if streaming else \
+            [self.generator.generate([prompt], **options)[0].text]
+        yield from stripped(pieces)
 
 
 class InvarRAG(RAGPipeline):

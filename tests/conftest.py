@@ -88,14 +88,13 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path / "st"
 
 
-@pytest.fixture()
-def odqa_dir(tmp_path: Path) -> Path:
+def write_odqa(root: Path) -> Path:
     """A data folder in the shared ODQA layout, written from the project's demo data."""
     import json
 
     from invar_rag_integrations.demo import demo_passages, demo_questions
 
-    odqa = tmp_path / "data" / "odqa"
+    odqa = root / "data" / "odqa"
     odqa.mkdir(parents=True)
     with (odqa / "corpus.jsonl").open("w", encoding="utf-8") as handle:
         for p in demo_passages():
@@ -106,32 +105,98 @@ def odqa_dir(tmp_path: Path) -> Path:
             record = {"dataset": datasets[i % 4], "id": f"{q.id}-{i}", "question": q.question,
                       "answers": list(q.answers), "gold_passage_ids": list(q.gold_passage_ids)}
             handle.write(json.dumps(record) + "\n")
-    train = tmp_path / "data" / "train"
+    train = root / "data" / "train"
     train.mkdir()
     (train / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | william shakespeare \n"
                                               "no separator here\n", encoding="utf-8")
-    return tmp_path / "data"
+    return root / "data"
+
+
+@pytest.fixture()
+def odqa_dir(tmp_path: Path) -> Path:
+    """A data folder in the shared ODQA layout, written from the project's demo data."""
+    return write_odqa(tmp_path)
+
+
+def _retriever_config(folder: Path, lm: Path, encoder: Path, data: Path,
+                      **overrides: object) -> Path:
+    import json
+
+    (data / "train" / "FreebaseQA-dev.txt").write_text(
+        "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
+        encoding="utf-8")
+    config = {"base_model": str(lm), "coarse_encoder": str(encoder), "data_dir": str(data),
+              "questions_per_dataset": [2, 2, 1, 2], "tune_questions_per_dataset": 1,
+              "num_candidates": 4, "mine_depth": 6, "projector_hidden": 16, "lora_r": 4,
+              "output_dir": str(folder / "system"), "num_train_epochs": 2,
+              "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 2,
+              "logging_steps": 1, "use_cpu": True, "report_to": "none",
+              "fusion_betas": [0.0, 5.0], **overrides}
+    path = folder / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def generator_config(folder: Path, system: Path, data: Path, **overrides: object) -> Path:
+    """Write a tiny generator-training config for ``system``; keys can be overridden."""
+    import json
+
+    config = {"system_dir": str(system), "data_dir": str(data), "k": 2, "n_shots": 1,
+              "max_passage_words": 20, "max_prompt_tokens": 400, "max_new_tokens": 6,
+              "lora_r": 4, "lora_alpha": 8, "questions_per_dataset": [2, 2, 2, 1, 1],
+              "output_dir": str(folder / "generator-run"), "num_train_epochs": 1,
+              "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 1,
+              "logging_steps": 1, "use_cpu": True, "report_to": "none", **overrides}
+    path = folder / "generator.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
 
 
 @pytest.fixture()
 def retriever_config(tiny_lm_dir: Path, tiny_encoder_dir: Path,
                      odqa_dir: Path) -> Callable[..., Path]:
     """Write a tiny retriever-training config into a folder; keys can be overridden."""
-    import json
-
     def write(folder: Path, **overrides: object) -> Path:
-        (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text(
-            "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
-            encoding="utf-8")
-        config = {"base_model": str(tiny_lm_dir), "coarse_encoder": str(tiny_encoder_dir),
-                  "data_dir": str(odqa_dir), "questions_per_dataset": [2, 2, 1, 2],
-                  "tune_questions_per_dataset": 1, "num_candidates": 4, "mine_depth": 6,
-                  "projector_hidden": 16, "lora_r": 4, "output_dir": str(folder / "system"),
-                  "num_train_epochs": 2, "per_device_train_batch_size": 2,
-                  "learning_rate": 1e-3, "save_steps": 2, "logging_steps": 1, "use_cpu": True,
-                  "report_to": "none", "fusion_betas": [0.0, 5.0], **overrides}
-        path = folder / "config.json"
-        path.write_text(json.dumps(config), encoding="utf-8")
-        return path
+        return _retriever_config(folder, tiny_lm_dir, tiny_encoder_dir, odqa_dir, **overrides)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_rag_system(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path,
+                    tiny_encoder_dir: Path) -> Path:
+    """A tiny trained system (retriever + generator, indexed over the demo corpus), built once
+    with its own cache folder; tests must not modify it."""
+    from invar_rag_integrations.cli import main as cli
+
+    root = tmp_path_factory.mktemp("tiny-rag")
+    data = write_odqa(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INVAR_RAG_CACHE", str(root / "cache"))
+        cli(["train-retriever", str(_retriever_config(root, tiny_lm_dir, tiny_encoder_dir, data,
+                                                      fusion_betas=[1.0], num_train_epochs=1))])
+        cli(["train-generator", str(generator_config(root, root / "system", data,
+                                                     max_steps=2))])
+    return root / "system"
+
+
+def ticks_while(awaitables: list) -> tuple[int, list]:
+    """Run ``awaitables`` concurrently beside a 10 ms ticker; return how often it ticked (a
+    blocked event loop does not tick) and their results."""
+    import asyncio
+
+    async def run() -> tuple[int, list]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        results = await asyncio.gather(*awaitables)
+        task.cancel()
+        return ticks, results
+
+    return asyncio.run(run())

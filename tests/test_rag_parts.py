@@ -90,3 +90,25 @@ def test_adapter_switching_keeps_trainable_flags_and_restores_the_active_adapter
     with pytest.raises(ValueError, match="has no adapters"):
         with use_adapter(plain.__class__.from_pretrained(tiny_lm_dir), "generator"):
             pass
+
+
+def test_completion_of_formatted_prompts_streams_the_stripped_text_and_checks_length(
+        tiny_lm_dir: Path) -> None:
+    from invar_rag_integrations.generation import HFGenerator
+    from invar_rag_integrations.generation.artifacts import GeneratorSettings
+    from invar_rag_integrations.models import load_base_lm
+    from invar_rag_integrations.rag import RAGPipeline
+
+    pipeline = RAGPipeline(HFGenerator(*load_base_lm(str(tiny_lm_dir))),
+                           settings=GeneratorSettings(max_new_tokens=12))
+    for prompt in ("the planet", "  a river of"):
+        for stop in ([], ["e"]):
+            text = pipeline.complete(prompt, stop)
+            assert text == text.strip()
+            assert "".join(pipeline.stream_completion(prompt, stop)) == text
+            assert not stop or "e" not in text
+    assert pipeline.context_window == 1024
+    with pytest.raises(ValueError, match=r"the model takes at most 1012 \(1024 minus 12"):
+        pipeline.complete("word " * 1100)
+    with pytest.raises(ValueError, match="non-empty"):
+        pipeline.complete(" ")

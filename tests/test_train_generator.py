@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import generator_config
 
 from invar_rag_integrations.data import Passage
 from invar_rag_integrations.generation import PromptTemplate
@@ -111,18 +112,6 @@ def tiny_system(tmp_path: Path, retriever_config: Callable[..., Path]) -> Path:
     return tmp_path / "system"
 
 
-def _generator_config(tmp_path: Path, system: Path, odqa_dir: Path, **overrides) -> Path:
-    config = {"system_dir": str(system), "data_dir": str(odqa_dir), "k": 2, "n_shots": 1,
-              "max_passage_words": 20, "max_prompt_tokens": 400, "max_new_tokens": 6,
-              "lora_r": 4, "lora_alpha": 8, "questions_per_dataset": [2, 2, 2, 1, 1],
-              "output_dir": str(tmp_path / "generator-run"), "num_train_epochs": 1,
-              "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 1,
-              "logging_steps": 1, "use_cpu": True, "report_to": "none", **overrides}
-    path = tmp_path / "generator.json"
-    path.write_text(json.dumps(config), encoding="utf-8")
-    return path
-
-
 @pytest.mark.slow
 def test_driver_trains_resumes_and_invar_rag_answers_with_sources(
         tmp_path: Path, tiny_system: Path, odqa_dir: Path,
@@ -130,7 +119,7 @@ def test_driver_trains_resumes_and_invar_rag_answers_with_sources(
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.rag import InvarRAG
 
-    config = _generator_config(tmp_path, tiny_system, odqa_dir, max_steps=2)
+    config = generator_config(tmp_path, tiny_system, odqa_dir, max_steps=2)
     cli(["train-generator", str(config)])
     capsys.readouterr()
     cli(["train-generator", str(config), "--max_steps", "3"])
@@ -166,6 +155,11 @@ def test_driver_trains_resumes_and_invar_rag_answers_with_sources(
     rag.answer("what is the capital of france")
     assert rag.retrieve_batch(["what is the capital of france"], k=3) == before
 
+    other = tmp_path / "other-system"
+    shutil.copytree(tiny_system, other)
+    with pytest.raises(SystemExit, match="holds a generator run for .*system.*choose another"):
+        cli(["train-generator", str(config), "--system_dir", str(other)])
+
     with pytest.raises(ValueError, match="empty or whitespace"):
         rag.answer("   ")
     long_question = "please tell me " * 150 + "who discovered penicillin"
@@ -180,7 +174,7 @@ def test_invar_rag_refuses_missing_and_foreign_generator_adapters(
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.rag import InvarRAG
 
-    cli(["train-generator", str(_generator_config(tmp_path, tiny_system, odqa_dir,
+    cli(["train-generator", str(generator_config(tmp_path, tiny_system, odqa_dir,
                                                   max_steps=1))])
     foreign = tmp_path / "foreign"
     shutil.copytree(tiny_system, foreign, ignore=shutil.ignore_patterns("index", "checkpoint-*"))
@@ -203,7 +197,7 @@ def test_eval_qa_reports_every_system_in_one_run(tmp_path: Path, tiny_system: Pa
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.evaluation.qa_eval import QA_SYSTEMS
 
-    cli(["train-generator", str(_generator_config(tmp_path, tiny_system, odqa_dir,
+    cli(["train-generator", str(generator_config(tmp_path, tiny_system, odqa_dir,
                                                   max_steps=1))])
     output = tmp_path / "qa.json"
     cli(["eval-qa", "--system", str(tiny_system), "--data-dir", str(odqa_dir), "--split", "dev",

@@ -85,24 +85,44 @@ def load_retriever(system: SystemArguments, passages: list) -> tuple[Any, Any, A
     from invar_rag_integrations.retrieval.artifacts import is_system_dir, read_manifest
     from invar_rag_integrations.retrieval.invar_retriever import INDEX_DIR
 
-    data = Path(system.system_dir)
-    has_retriever = is_system_dir(data) and "retriever" in read_manifest(data)
+    folder = Path(system.system_dir)
     if not system.retriever:
-        if not has_retriever:
-            raise ValueError(f"{data} holds no trained retriever; train one first "
+        if not (is_system_dir(folder) and "retriever" in read_manifest(folder)):
+            raise ValueError(f"{folder} holds no trained retriever; train one first "
                              "(invar-rag train-retriever) or name a retriever")
-        retriever = InvarRetriever.from_pretrained(data)
+        retriever = InvarRetriever.from_pretrained(folder)
         lm, tokenizer = retriever.encoder.lm, retriever.encoder.tokenizer
     else:
         retriever = make_retriever(system.retriever)
-        base = read_manifest(data)["base_model"]["name"] if is_system_dir(data) \
+        base = read_manifest(folder)["base_model"]["name"] if is_system_dir(folder) \
             else system.base_model
         lm, tokenizer = load_base_lm(base)
     if retriever.passage_ids != [p.id for p in passages]:
         retriever.index(passages)
         if isinstance(retriever, InvarRetriever) and not system.retriever:
-            retriever.save(data / INDEX_DIR, passages)
+            retriever.save(folder / INDEX_DIR, passages)
     return retriever, lm, tokenizer
+
+
+def claim_output_dir(output: Path, system_dir: str, retriever: str) -> None:
+    """Record which system and retriever ``output`` trains for, so a later run never resumes
+    from another system's checkpoints.
+
+    Raises:
+        ValueError: ``output`` already holds a run for another system or retriever.
+    """
+    import json
+
+    owner = {"system_dir": str(Path(system_dir).resolve()), "retriever": retriever}
+    file = output / "generator_run.json"
+    if file.is_file():
+        found = json.loads(file.read_text(encoding="utf-8"))
+        if found != owner:
+            raise ValueError(f"{output} holds a generator run for {found['system_dir']} "
+                             f"(retriever {found['retriever'][:40]}); choose another output_dir")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(owner), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -114,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from invar_rag_integrations.generation.artifacts import add_generator_adapter, save_generator
     from invar_rag_integrations.retrieval.search_cache import cached_search
 
-    from .generator_data import build_examples, make_collate
+    from .generator_data import IGNORE_INDEX, build_examples, make_collate
     from .retriever_data import select_questions
     from .trainer_utils import TrainedWeightsTrainer, last_complete_checkpoint
 
@@ -133,10 +153,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     passages = odqa_corpus(data.data_dir)
     by_id = {p.id: p for p in passages}
     retriever, lm, tokenizer = load_retriever(system, passages)
+    claim_output_dir(output, system.system_dir, retriever.identity())
 
     # 3. questions: the train split of each dataset (the validation carve-out is never used)
     questions, _ = select_questions(data.train_datasets, data.questions_per_dataset, 0,
                                     train_args.seed, data.data_dir)
+    if not questions:
+        raise ValueError("no training questions: check train_datasets and questions_per_dataset")
 
     # 4. top-k for each question, once (cached)
     results = cached_search(retriever, [q.question for q in questions], settings.k,
@@ -170,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "system": asdict(system), "generator": asdict(gen), "data": asdict(data),
                 "training": train_args.to_dict()}
     metrics = {"train_examples": len(examples), "prompts_cut": cut,
-               "answer_tokens": sum(sum(t != -100 for t in ex["labels"]) for ex in examples),
+               "answer_tokens": sum(sum(t != IGNORE_INDEX for t in ex["labels"])
+                                    for ex in examples),
                "prompt_tokens_mean": round(sum(len(ex["input_ids"]) for ex in examples)
                                            / len(examples), 1),
                **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},

@@ -1,4 +1,5 @@
-"""The project's own demo corpus (40 passages, 10 questions), written for this project."""
+"""The project's own demo corpus (40 passages, 10 questions), written for this project, and
+the small trained system the package ships (:data:`SHIPPED_SYSTEM`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from ..data import Passage, Question, load_passages, read_jsonl
 
 DEMO_DIR = Path(__file__).resolve().parent
+SHIPPED_SYSTEM = DEMO_DIR / "system"
+"""A system directory trained by the project's demo configs (SmolLM2-135M-Instruct)."""
 
 
 def demo_passages() -> list[Passage]:

@@ -1,69 +1,70 @@
-"""The main job: retrieve from the demo corpus and answer each demo question, with sources."""
+"""The main job: answer the demo questions with Invar-RAG, sources shown, beside MiniLM + the
+base LM answering from the same prompt."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..evaluation.metrics import exact_match
-from ..generation import HFGenerator, PromptTemplate
-from ..models import DEFAULT_BASE_MODEL, DEFAULT_COARSE_ENCODER, load_base_lm
+from ..rag import Answer, InvarRAG, RAGPipeline
 from ..retrieval import DenseRetriever
-from . import demo_passages, demo_questions
+from . import SHIPPED_SYSTEM, demo_passages, demo_questions
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Which models to use and how many passages to show the generator."""
+    """Which trained system to run (default: the small one the project ships)."""
 
-    base_model: str = DEFAULT_BASE_MODEL
-    coarse_encoder: str = DEFAULT_COARSE_ENCODER
-    k: int = 3
-    n_shots: int = 3
-    max_new_tokens: int = 24
+    system: str | os.PathLike[str] = SHIPPED_SYSTEM
 
 
-def run_demo(settings: DemoSettings = DemoSettings()) -> float:
-    """Print each answer with its source passages and timings; return the exact-match rate."""
-    print(f"[1/4] loading coarse encoder {settings.coarse_encoder!r} and indexing the demo corpus")
+def _show(label: str, answer: Answer, gold: tuple[str, ...]) -> float:
+    em = exact_match(answer.text, gold)
+    print(f"  {label:14s} {answer.text!r}   [{'correct' if em else 'gold: ' + gold[0]}]")
+    for source in answer.sources:
+        print(f"      source {source.passage.id:8s} {source.score:8.3f}  {source.passage.title}")
+    return em
+
+
+def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, float]:
+    """Print both systems' answers with their sources and timings; return each exact-match rate."""
+    system = Path(settings.system)
+    print(f"[1/4] loading Invar-RAG from {system} and indexing the demo corpus")
     started = time.perf_counter()
     passages = demo_passages()
-    by_id = {p.id: p for p in passages}
-    retriever = DenseRetriever(settings.coarse_encoder, show_progress=False)
-    retriever.index(passages)
-    print(f"      {len(passages)} passages indexed in {time.perf_counter() - started:.1f} s")
+    rag = InvarRAG.from_pretrained(system, corpus=passages)
+    rag.retriever.show_progress = False
+    print(f"      base model, coarse encoder, retriever + generator adapters and projector "
+          f"loaded, {len(passages)} passages indexed in {time.perf_counter() - started:.1f} s")
 
-    print(f"[2/4] loading base LM {settings.base_model!r} (converted once, then cached)")
-    started = time.perf_counter()
-    model, tokenizer = load_base_lm(settings.base_model)
-    generator = HFGenerator(model, tokenizer)
-    print(f"      loaded in {time.perf_counter() - started:.1f} s")
+    print("[2/4] baseline: MiniLM top-k + the base LM (no adapter), same prompt")
+    minilm = DenseRetriever("minilm", show_progress=False)
+    baseline = RAGPipeline(rag.generator, minilm, passages, rag.settings, rag.template)
+    baseline.index(passages)
 
     questions = demo_questions()
-    print(f"[3/4] retrieving top-{settings.k} for {len(questions)} questions")
-    started = time.perf_counter()
-    results = retriever.search([q.question for q in questions], settings.k)
-    retrieve_s = time.perf_counter() - started
+    texts = [q.question for q in questions]
+    print(f"[3/4] answering {len(questions)} questions with top-{rag.settings.k} passages")
+    timings = {}
+    answers = {}
+    for name, pipeline in (("invar-rag", rag), ("minilm+base", baseline)):
+        started = time.perf_counter()
+        answers[name] = pipeline.answer_batch(texts)
+        timings[name] = time.perf_counter() - started
 
-    print("[4/4] answering")
-    template = PromptTemplate(n_shots=settings.n_shots)
-    prompts = [template.render(q.question, [by_id[i] for i in r.ids])
-               for q, r in zip(questions, results)]
-    started = time.perf_counter()
-    generations = generator.generate(prompts, max_new_tokens=settings.max_new_tokens)
-    generate_s = time.perf_counter() - started
-
-    correct = 0.0
-    for question, result, generation in zip(questions, results, generations):
-        answer = template.clean_answer(generation.text)
-        em = exact_match(answer, question.answers)
-        correct += em
-        verdict = "correct" if em else f"gold: {question.answers[0]}"
-        print(f"\nQ: {question.question}\nA: {answer}   [{verdict}]")
-        for pid, score in zip(result.ids, result.scores):
-            print(f"   source {pid:8s} {score:.3f}  {by_id[pid].title}")
-    tokens = sum(g.num_tokens for g in generations)
-    print(f"\nexact match {correct:.0f}/{len(questions)}; retrieval {retrieve_s * 1000:.0f} ms for "
-          f"all questions; generation {generate_s:.1f} s ({tokens / generate_s:.1f} tokens/s, "
-          f"{generate_s / len(questions):.2f} s/question)")
-    return correct / len(questions)
+    print("[4/4] answers")
+    scores = {name: 0.0 for name in answers}
+    for i, question in enumerate(questions):
+        print(f"\nQ: {question.question}")
+        for name in answers:
+            scores[name] += _show(name, answers[name][i], question.answers)
+    print()
+    for name, total in scores.items():
+        tokens = sum(a.num_tokens for a in answers[name])
+        print(f"{name:12s} exact match {total:.0f}/{len(questions)}; {timings[name]:.1f} s "
+              f"({timings[name] / len(questions):.2f} s/question, "
+              f"{tokens / timings[name]:.1f} tokens/s incl. retrieval)")
+    return {name: total / len(questions) for name, total in scores.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.adapters import check_lora, lora_config
+from ..models.registry import hash_file
 from ..retrieval.artifacts import (
     FORMAT,
     MANIFEST,
@@ -77,11 +78,7 @@ def add_generator_adapter(lm: Any, settings: GeneratorSettings) -> Any:
 
 
 def _weights_hash(weights: Path, base_identity: str) -> str:
-    digest = hashlib.sha256()
-    with weights.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return hashlib.sha256(f"{digest.hexdigest()}|{base_identity}".encode()).hexdigest()
+    return hashlib.sha256(f"{hash_file(weights)}|{base_identity}".encode()).hexdigest()
 
 
 def save_generator(lm: Any, path: str | os.PathLike[str], settings: GeneratorSettings,

@@ -105,12 +105,12 @@ class HFGenerator:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
                                         skip_special_tokens=True)
-        encoded = self.tokenizer([prompt], return_tensors="pt").to(self.model.device)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
                 with torch.inference_mode(), self.using(adapter):
+                    encoded = self.tokenizer([prompt], return_tensors="pt").to(self.model.device)
                     self.model.generate(**encoded, **options, streamer=streamer)
             except BaseException as err:  # re-raised in the caller's thread
                 failure.append(err)

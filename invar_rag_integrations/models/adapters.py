@@ -10,7 +10,7 @@ from typing import Any
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model: Any) -> threading.RLock:
+def model_lock(model: Any) -> threading.RLock:
     """One re-entrant lock per model: adapter switches and the forward passes they wrap are
     serialised, so threads sharing the model never run under each other's adapter."""
     with _LOCKS_GUARD:
@@ -31,7 +31,7 @@ def use_adapter(model: Any, adapter: str | None) -> Iterator[None]:
         ValueError: ``adapter`` is not loaded, or the model has no adapters at all.
     """
     adapters = getattr(model, "peft_config", None)
-    with _model_lock(model):
+    with model_lock(model):
         if adapters is None:
             if adapter is not None:
                 raise ValueError(f"adapter {adapter!r} requested, but the model has no adapters")

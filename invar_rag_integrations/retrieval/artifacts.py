@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..models.registry import hash_file
 from .invar import RETRIEVER_ADAPTER, InvarEncoder, InvarSettings, projector_from_file
 
 MANIFEST = "invar_rag.json"
@@ -54,19 +55,11 @@ def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> No
     Path(tmp).replace(path / MANIFEST)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def retriever_hash(path: Path, settings: InvarSettings, base_identity: str,
                    coarse_identity: str) -> str:
     """Identity of the passage vectors a saved retriever produces."""
-    parts = [_sha256(path / RETRIEVER_ADAPTER / "adapter_model.safetensors"),
-             _sha256(path / PROJECTOR_FILE), json.dumps(settings.index_fields(), sort_keys=True),
+    parts = [hash_file(path / RETRIEVER_ADAPTER / "adapter_model.safetensors"),
+             hash_file(path / PROJECTOR_FILE), json.dumps(settings.index_fields(), sort_keys=True),
              base_identity, coarse_identity]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 

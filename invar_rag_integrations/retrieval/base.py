@@ -38,11 +38,18 @@ def check_queries(queries: Sequence[str]) -> list[str]:
     return queries
 
 
-def check_k(k: int) -> int:
-    """Validate a result count ``k`` (a positive integer)."""
+def check_k(k: int, name: str = "k") -> int:
+    """Validate a result count such as ``k`` or ``top_n`` (a positive integer)."""
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
     return k
+
+
+def check_text(text: Any, what: str = "query") -> str:
+    """Validate one query or text: a string with something besides white space."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"the {what} must be a non-empty string, got {text!r}")
+    return text
 
 
 def read_saved_manifest(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import Passage
+from ..models.adapters import model_lock
 from ..paths import cache_dir
 from .artifacts import load_retriever_encoder
 from .base import MANIFEST as INDEX_MANIFEST
@@ -51,6 +52,7 @@ class InvarRetriever(Retriever):
         self.batch_size, self.chunk_size, self.show_progress = batch_size, chunk_size, show_progress
         self.beta = encoder.settings.beta
         self._faiss: Any = None
+        self._lock = model_lock(encoder.lm)  # shared with a generator on the same model
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], index: str | os.PathLike[str]
@@ -94,6 +96,14 @@ class InvarRetriever(Retriever):
     def identity(self) -> str:
         return f"{self.kind}:{self.retriever_hash}:beta={self.beta}"
 
+    def unindexed(self) -> InvarRetriever:
+        """A retriever with this encoder (shared, not copied), settings and ``beta``, and no
+        index: for searching another corpus without replacing this one's index."""
+        other = InvarRetriever(self.encoder, self.system_dir, self.retriever_hash,
+                               self.batch_size, self.chunk_size, self.show_progress)
+        other.beta = self.beta
+        return other
+
     # --- indexing -------------------------------------------------------------------------
 
     def passage_vectors(self, passages: list[Passage]) -> np.ndarray:
@@ -125,6 +135,16 @@ class InvarRetriever(Retriever):
                 bar.update(stop - start)
         return np.concatenate([np.concatenate(vectors), coarse], axis=1).astype(np.float32)
 
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        """``[v(d), c(d)]`` for a few passage texts, uncached (for vector stores and reranking;
+        :meth:`index` caches a corpus's vectors on disk)."""
+        with self._lock:
+            coarse = self.encoder.coarse(texts)
+            needs_text = "text" in self.encoder.settings.doc_input
+            lm = self.encoder.encode("passage", texts if needs_text else None, coarse,
+                                     self.batch_size)
+        return np.concatenate([lm, coarse], axis=1).astype(np.float32)
+
     def _index(self, passages: list[Passage]) -> None:
         import faiss
 
@@ -137,8 +157,9 @@ class InvarRetriever(Retriever):
     def query_vectors(self, queries: list[str], beta: float | None = None) -> np.ndarray:
         """``[u(q) / tau, beta * c(q)]`` for ``queries``."""
         beta = self.beta if beta is None else beta
-        coarse = self.encoder.coarse(queries)
-        u = self.encoder.encode("query", queries, coarse, self.batch_size)
+        with self._lock:  # one tokenizer and model for all threads
+            coarse = self.encoder.coarse(queries)
+            u = self.encoder.encode("query", queries, coarse, self.batch_size)
         return np.concatenate([u / self.encoder.settings.tau, beta * coarse], axis=1)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[SearchResult]:
