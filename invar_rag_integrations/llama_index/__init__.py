@@ -1,0 +1,21 @@
+"""LlamaIndex integration (extra ``llama-index``): thin shells over the core.
+
+- :class:`InvarRetriever` (``BaseRetriever``): Invar search over a set of nodes;
+- :class:`InvarReranker` (``BaseNodePostprocessor``): re-score any retriever's nodes;
+- :class:`InvarEmbedding` (``BaseEmbedding``): asymmetric query / passage vectors for any
+  vector store;
+- :class:`InvarLLM` (``CustomLLM``): the generator adapter, for query engines.
+"""
+
+from __future__ import annotations
+
+from .._optional import require
+
+require("llama_index.core", "llama-index")
+
+from .embedding import InvarEmbedding  # noqa: E402
+from .llm import InvarLLM  # noqa: E402
+from .postprocessor import InvarReranker  # noqa: E402
+from .retriever import InvarRetriever  # noqa: E402
+
+__all__ = ["InvarEmbedding", "InvarLLM", "InvarReranker", "InvarRetriever"]

@@ -1,0 +1,64 @@
+"""``InvarEmbedding``: the Invar query and passage vectors as a LlamaIndex embedding model.
+
+A passage vector is ``[v(d), c(d)]`` and a query vector ``[u(q) / tau, beta * c(q)]``, so their
+inner product is the Invar score. Every passage vector has the same norm, so cosine similarity
+and L2 distance rank passages the same way: any vector store works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.callbacks import CallbackManager
+
+from ..retrieval.base import check_k, check_text
+from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+
+
+class InvarEmbedding(BaseEmbedding):
+    """Asymmetric embeddings: ``_get_query_embedding`` for queries, ``_get_text_embedding`` for
+    passages (nodes).
+
+    Args:
+        retriever: The core Invar retriever (no index needed).
+        embed_batch_size: Texts per batch when embedding nodes.
+    """
+
+    _core: CoreInvarRetriever = PrivateAttr()
+
+    def __init__(self, retriever: CoreInvarRetriever, embed_batch_size: int = 16,
+                 callback_manager: CallbackManager | None = None):
+        super().__init__(model_name=f"invar:{retriever.system_dir.name}",
+                         embed_batch_size=check_k(embed_batch_size, "embed_batch_size"),
+                         callback_manager=callback_manager)
+        self._core = retriever
+
+    @classmethod
+    def from_pretrained(cls, system_dir: str | os.PathLike[str],
+                        **kwargs: Any) -> InvarEmbedding:
+        return cls(CoreInvarRetriever.from_pretrained(system_dir, show_progress=False), **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "InvarEmbedding"
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._core.query_vectors([check_text(query)])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        for text in texts:
+            check_text(text, "text to embed")
+        return self._core.embed_passages(list(texts)).tolist()
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self._get_text_embedding, text)

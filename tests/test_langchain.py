@@ -1,0 +1,174 @@
+"""LangChain: the standard test suites for the retriever and embeddings, the LLM, the RAG chain,
+threads and async, on a tiny trained system."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("langchain_tests")
+
+from conftest import ticks_while  # noqa: E402
+from langchain_core.documents import Document  # noqa: E402
+from langchain_tests.integration_tests import (  # noqa: E402
+    EmbeddingsIntegrationTests,
+    RetrieversIntegrationTests,
+)
+from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
+
+from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.langchain import (  # noqa: E402
+    InvarEmbeddings,
+    InvarLLM,
+    InvarRetriever,
+    build_rag_chain,
+)
+from invar_rag_integrations.rag import InvarRAG  # noqa: E402
+from invar_rag_integrations.retrieval import InvarRetriever as CoreInvarRetriever  # noqa: E402
+
+QUERIES = ["who discovered penicillin", "largest planet in the solar system",
+           "deepest lake in the world", "who made the first powered flight",
+           "what language is linux written in", "tallest mountain", "capital of france",
+           "longest river"]
+
+
+@functools.cache
+def _rag(system: Path) -> InvarRAG:
+    return InvarRAG.from_pretrained(system, corpus=demo_passages())
+
+
+@functools.cache
+def _core(system: Path) -> CoreInvarRetriever:
+    return CoreInvarRetriever.from_pretrained(system, index=None, show_progress=False)
+
+
+class _WithSystem:
+    system: Path
+
+    @pytest.fixture(autouse=True)
+    def _system(self, tiny_rag_system: Path) -> None:
+        type(self).system = tiny_rag_system
+
+
+class TestInvarRetrieverStandard(_WithSystem, RetrieversIntegrationTests):
+    @property
+    def retriever_constructor(self) -> type[InvarRetriever]:
+        return InvarRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"pipeline": _rag(self.system)}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "who discovered penicillin"
+
+
+class _InvarEmbeddingsParams(_WithSystem):
+    @property
+    def embeddings_class(self) -> type[InvarEmbeddings]:
+        return InvarEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {"retriever": _core(self.system)}
+
+
+class TestInvarEmbeddingsUnit(_InvarEmbeddingsParams, EmbeddingsUnitTests):
+    pass
+
+
+class TestInvarEmbeddingsIntegration(_InvarEmbeddingsParams, EmbeddingsIntegrationTests):
+    pass
+
+
+@pytest.fixture(scope="module")
+def rag(tiny_rag_system: Path) -> InvarRAG:
+    return _rag(tiny_rag_system)
+
+
+def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRAG) -> None:
+    retriever = InvarRetriever(pipeline=rag, k=3)
+    documents = retriever.invoke("who discovered penicillin")
+    assert [d.metadata["id"] for d in documents] == \
+        [s.passage.id for s in rag.retrieve("who discovered penicillin", 3)]
+    assert [d.metadata["score"] for d in documents] == \
+        sorted((d.metadata["score"] for d in documents), reverse=True)
+
+    own = [Document(page_content=p.text, metadata={"title": p.title, "source": "mine"}, id=p.id)
+           for p in demo_passages()[:10]]
+    core = InvarRAG.from_pretrained(rag.retriever.system_dir)
+    mine = InvarRetriever.from_documents(own, core, k=2).invoke("capital of france")
+    assert len(mine) == 2 and all(d.metadata["source"] == "mine" for d in mine)
+
+    with pytest.raises(ValueError, match="empty or whitespace"):
+        retriever.invoke(" ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.invoke("capital of france", k=0)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        InvarRetriever(pipeline=rag, k=-1)
+    with pytest.raises(TypeError):
+        retriever.invoke("capital of france", top_k=2)
+    with pytest.raises(TypeError):
+        InvarRetriever(pipeline=rag, search_kwargs={})
+
+
+def test_llm_invoke_stream_and_bad_arguments(rag: InvarRAG) -> None:
+    llm = InvarLLM(pipeline=rag)
+    prompt = rag.prompt("who discovered penicillin", rag.retrieve("who discovered penicillin")).text
+    text = llm.invoke(prompt)
+    assert isinstance(text, str) and text == text.strip() and "\n" not in text
+    assert "".join(llm.stream(prompt)) == text
+    with pytest.raises(ValueError, match="unknown generation arguments \\['temperature'\\]"):
+        llm.invoke(prompt, temperature=0.5)
+    with pytest.raises(ValueError, match="non-empty"):
+        llm.invoke("")
+
+
+def test_rag_chain_invoke_batch_stream_and_ainvoke(rag: InvarRAG) -> None:
+    chain = build_rag_chain(InvarRetriever(pipeline=rag, k=2), InvarLLM(pipeline=rag))
+    result = chain.invoke("who discovered penicillin")
+    assert set(result) == {"question", "source_documents", "answer"}
+    assert len(result["source_documents"]) == 2
+    assert result["answer"] == rag.answer("who discovered penicillin").text
+    batch = chain.batch(["who discovered penicillin", "capital of france"])
+    assert batch[0] == result and batch[1]["question"] == "capital of france"
+    merged: dict = {}
+    pieces = 0
+    for chunk in chain.stream("who discovered penicillin"):
+        for key, value in chunk.items():
+            merged[key] = merged.get(key, "") + value if key == "answer" else value
+            pieces += key == "answer"
+    assert merged == result and pieces >= 1
+    assert asyncio.run(chain.ainvoke("who discovered penicillin")) == result
+    with pytest.raises(ValueError, match="non-empty"):
+        chain.invoke("   ")
+
+
+def test_threads_get_the_serial_results(rag: InvarRAG) -> None:
+    retriever = InvarRetriever(pipeline=rag, k=3)
+    serial = [[d.id for d in retriever.invoke(q)] for q in QUERIES]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda q: [d.id for d in retriever.invoke(q)], QUERIES))
+    assert threaded == serial
+
+
+def test_async_retrieval_does_not_block_the_event_loop(
+        rag: InvarRAG, monkeypatch: pytest.MonkeyPatch) -> None:
+    retriever = InvarRetriever(pipeline=rag, k=2)
+    real = rag.retrieve_batch
+
+    def slow(queries, k=None):
+        time.sleep(0.3)
+        return real(queries, k)
+
+    monkeypatch.setattr(rag, "retrieve_batch", slow)
+
+    ticks, results = ticks_while([retriever.ainvoke(q) for q in QUERIES[:2]])
+    assert ticks >= 10 and all(len(r) == 2 for r in results)

@@ -1,0 +1,173 @@
+"""LlamaIndex contract: retriever, node postprocessor, embedding and LLM on a tiny system."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from conftest import ticks_while  # noqa: E402
+from llama_index.core import VectorStoreIndex  # noqa: E402
+from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
+from llama_index.core.schema import (  # noqa: E402
+    MetadataMode,
+    NodeWithScore,
+    QueryBundle,
+    TextNode,
+)
+from llama_index.core.storage.docstore import SimpleDocumentStore  # noqa: E402
+
+from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.llama_index import (  # noqa: E402
+    InvarEmbedding,
+    InvarLLM,
+    InvarReranker,
+    InvarRetriever,
+)
+from invar_rag_integrations.rag import InvarRAG  # noqa: E402
+from invar_rag_integrations.retrieval import InvarRetriever as CoreInvarRetriever  # noqa: E402
+
+QUERIES = ["who discovered penicillin", "largest planet in the solar system",
+           "deepest lake in the world", "who made the first powered flight",
+           "what language is linux written in", "tallest mountain", "capital of france",
+           "longest river"]
+
+
+@pytest.fixture(scope="module")
+def core(tiny_rag_system: Path) -> CoreInvarRetriever:
+    return CoreInvarRetriever.from_pretrained(tiny_rag_system, index=None, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def nodes() -> list[TextNode]:
+    return [TextNode(text=p.text, id_=p.id, metadata={"title": p.title}) for p in demo_passages()]
+
+
+def invar_ranking(core: CoreInvarRetriever, nodes: list[TextNode], query: str) -> list[str]:
+    """Node ids by Invar score on the text LlamaIndex embeds (content + title metadata)."""
+    passages = core.embed_passages([n.get_content(MetadataMode.EMBED) for n in nodes])
+    scores = passages @ core.query_vectors([query])[0]
+    return [nodes[i].node_id for i in sorted(range(len(nodes)), key=lambda i: -scores[i])]
+
+
+@pytest.fixture(scope="module")
+def retriever(core: CoreInvarRetriever, nodes: list[TextNode]) -> InvarRetriever:
+    return InvarRetriever(core, nodes=nodes, similarity_top_k=3)
+
+
+def test_retriever_returns_the_core_ranking_as_nodes_with_scores(
+        retriever: InvarRetriever, core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+    results = retriever.retrieve("who discovered penicillin")
+    assert len(results) == 3 and all(isinstance(r, NodeWithScore) for r in results)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    expected = invar_ranking(core, nodes, "who discovered penicillin")[:3]
+    assert [r.node.node_id for r in results] == expected
+    by_id = {n.node_id: n for n in nodes}
+    assert all(r.node is by_id[r.node.node_id] for r in results)
+    assert [r.node.node_id for r in asyncio.run(retriever.aretrieve(
+        "who discovered penicillin"))] == expected
+
+
+def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
+                                                 nodes: list[TextNode]) -> None:
+    docstore = SimpleDocumentStore()
+    docstore.add_documents(nodes)
+    retriever = InvarRetriever(core, docstore=docstore, similarity_top_k=50)
+    assert len(retriever.retrieve("capital of france")) == len(nodes)  # top_k above the corpus
+    few = InvarRetriever(core, nodes=nodes[:5], similarity_top_k=50)  # same core, own index
+    assert len(few.retrieve("capital of france")) == 5
+    assert len(retriever.retrieve("capital of france")) == len(nodes)
+    with pytest.raises(ValueError, match="non-empty"):
+        retriever.retrieve("  ")
+    with pytest.raises(ValueError, match="similarity_top_k must be a positive integer"):
+        InvarRetriever(core, nodes=nodes, similarity_top_k=0)
+    with pytest.raises(ValueError, match="exactly one of nodes or docstore"):
+        InvarRetriever(core)
+    with pytest.raises(TypeError):
+        InvarRetriever(core, nodes=nodes, top_k=3)  # unknown keyword
+
+
+def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(
+        core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+    reranker = InvarReranker(core, top_n=2)
+    candidates = [NodeWithScore(node=n.model_copy(deep=True), score=1.0 + i) for i, n in
+                  enumerate(nodes[:6])]
+    kept = reranker.postprocess_nodes(candidates, query_str="who discovered penicillin")
+    assert len(kept) == 2 and kept[0].score >= kept[1].score
+    assert {k.node.metadata["retrieval_score"] for k in kept} <= {1.0 + i for i in range(6)}
+    assert [k.node.node_id for k in kept] == \
+        invar_ranking(core, nodes[:6], "who discovered penicillin")[:2]
+    assert all("retrieval_score" not in k.node.get_content(MetadataMode.EMBED) + k.node.get_content(
+        MetadataMode.LLM) for k in kept)
+    again = reranker.postprocess_nodes(kept, query_str="who discovered penicillin")
+    assert [k.node.node_id for k in again] == [k.node.node_id for k in kept]  # same texts
+    assert reranker.postprocess_nodes([], query_str="anything") == []
+    with pytest.raises(ValueError, match="needs the query"):
+        reranker.postprocess_nodes(candidates)
+    with pytest.raises(ValueError, match="top_n must be a positive integer"):
+        InvarReranker(core, top_n=0)
+
+
+def test_embedding_makes_any_vector_store_rank_like_the_invar_retriever(
+        core: CoreInvarRetriever, retriever: InvarRetriever, nodes: list[TextNode]) -> None:
+    embedding = InvarEmbedding(core)
+    index = VectorStoreIndex(nodes, embed_model=embedding)
+    for query in QUERIES[:4]:
+        via_store = [r.node.node_id for r in index.as_retriever(similarity_top_k=3).retrieve(query)]
+        assert via_store == [r.node.node_id for r in retriever.retrieve(query)]
+    vector = embedding.get_query_embedding("capital of france")
+    assert len(vector) == len(embedding.get_text_embedding("Paris is a city."))
+    assert asyncio.run(embedding.aget_query_embedding("capital of france")) == pytest.approx(vector)
+    with pytest.raises(ValueError, match="non-empty"):
+        embedding.get_query_embedding("")
+
+
+def test_query_engine_answers_with_the_generator_end_to_end(
+        tiny_rag_system: Path, core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+    rag = InvarRAG.from_pretrained(tiny_rag_system)
+    llm = InvarLLM(rag)
+    assert llm.metadata.num_output == rag.settings.max_new_tokens
+    template = llm.qa_template()
+    prompt = template.format(context_str="[1] (Paris) Paris is the capital.",
+                             query_str="capital of france")
+    assert prompt.endswith("Question: capital of france\nAnswer:") and "Passages:" in prompt
+
+    engine = RetrieverQueryEngine.from_args(InvarRetriever(core, nodes=nodes,
+                                                           similarity_top_k=2),
+                                            llm=llm, text_qa_template=template)
+    response = engine.query("who discovered penicillin")
+    assert len(response.source_nodes) == 2 and isinstance(response.response, str)
+    index = VectorStoreIndex(nodes, embed_model=InvarEmbedding(core))
+    answer = index.as_query_engine(llm=llm, text_qa_template=template,
+                                   similarity_top_k=2).query("who discovered penicillin")
+    assert [n.node.node_id for n in answer.source_nodes] == \
+        [n.node.node_id for n in response.source_nodes]
+    assert "".join(r.delta for r in llm.stream_complete(prompt)) == llm.complete(prompt).text
+
+
+def test_threads_get_the_serial_results(retriever: InvarRetriever) -> None:
+    serial = [[r.node.node_id for r in retriever.retrieve(q)] for q in QUERIES]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda q: [r.node.node_id for r in retriever.retrieve(q)],
+                                 QUERIES))
+    assert threaded == serial
+
+
+def test_async_retrieval_does_not_block_the_event_loop(
+        retriever: InvarRetriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    core = retriever._core
+    real = core._search
+
+    def slow(queries, k):
+        time.sleep(0.3)
+        return real(queries, k)
+
+    monkeypatch.setattr(core, "_search", slow)
+
+    ticks, results = ticks_while([retriever.aretrieve(QueryBundle(q)) for q in QUERIES[:2]])
+    assert ticks >= 10 and all(len(r) == 3 for r in results)
