@@ -21,7 +21,7 @@ from ..retrieval.artifacts import (
     is_system_dir,
     model_identity,
     read_manifest,
-    write_manifest,
+    write_stage,
 )
 from .prompts import PromptTemplate
 
@@ -99,16 +99,11 @@ def save_generator(lm: Any, path: str | os.PathLike[str], settings: GeneratorSet
                          f"trained on {base['name']!r} ({base['identity']})")
     lm.save_pretrained(str(path), selected_adapters=[GENERATOR_ADAPTER])
     manifest.setdefault("base_model", base)
-    manifest["generator"] = {
+    write_stage(path, manifest, "generator", {
         "adapter": GENERATOR_ADAPTER, "base_model": base, "settings": asdict(settings),
         "prompt": template.to_dict(),
         "hash": _weights_hash(path / GENERATOR_ADAPTER / ADAPTER_WEIGHTS, base["identity"]),
-    }
-    if training_args is not None:
-        manifest.setdefault("training", {})["generator"] = training_args
-    if metrics is not None:
-        manifest.setdefault("metrics", {})["generator"] = metrics
-    write_manifest(path, manifest)
+    }, training_args, metrics)
     return path
 
 

@@ -55,6 +55,19 @@ def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> No
     Path(tmp).replace(path / MANIFEST)
 
 
+def write_stage(path: str | os.PathLike[str], manifest: dict[str, Any], stage: str,
+                entry: dict[str, Any], training_args: dict[str, Any] | None,
+                metrics: dict[str, Any] | None) -> None:
+    """Record one trained stage (``retriever`` or ``generator``) with its training arguments
+    and metrics in the manifest, and write it."""
+    manifest[stage] = entry
+    if training_args is not None:
+        manifest.setdefault("training", {})[stage] = training_args
+    if metrics is not None:
+        manifest.setdefault("metrics", {})[stage] = metrics
+    write_manifest(path, manifest)
+
+
 def retriever_hash(path: Path, settings: InvarSettings, base_identity: str,
                    coarse_identity: str) -> str:
     """Identity of the passage vectors a saved retriever produces."""
@@ -90,16 +103,11 @@ def save_retriever(encoder: InvarEncoder, path: str | os.PathLike[str],
     base = model_identity(encoder.lm.get_base_model())
     coarse = model_identity(encoder.coarse_encoder)
     manifest.update(base_model=base, coarse_encoder=coarse)
-    manifest["retriever"] = {
+    write_stage(path, manifest, "retriever", {
         "adapter": RETRIEVER_ADAPTER, "projector": PROJECTOR_FILE,
         "settings": asdict(encoder.settings),
         "hash": retriever_hash(path, encoder.settings, base["identity"], coarse["identity"]),
-    }
-    if training_args is not None:
-        manifest.setdefault("training", {})["retriever"] = training_args
-    if metrics is not None:
-        manifest.setdefault("metrics", {})["retriever"] = metrics
-    write_manifest(path, manifest)
+    }, training_args, metrics)
     return path
 
 
