@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.run import save_and_render
-from invar_rag_integrations.demo.run import SHIPPED_SYSTEM
+from invar_rag_integrations.demo import SHIPPED_SYSTEM
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,8 +67,9 @@ def test_shipped_system_answers_with_sources_streams_and_cuts_long_questions():
     assert answer.text in python.answers
     assert answer.sources[0].passage.id in python.gold_passage_ids
     assert "".join(rag.stream(python.question)) == answer.text
-    with pytest.warns(UserWarning, match="exceeded 512 tokens"):
-        long = rag.answer("Please answer carefully. " * 200 + python.question)
+    with pytest.warns(UserWarning, match="query text.* truncated"):  # by the retriever
+        with pytest.warns(UserWarning, match="exceeded 512 tokens"):  # and in the prompt
+            long = rag.answer("Please answer carefully. " * 200 + python.question)
     assert "question cut to its last" in long.truncation
 
 
