@@ -24,6 +24,13 @@ from .retrieval.base import (
 )
 
 
+def reject_unknown(kwargs: dict[str, Any]) -> None:
+    """Framework LLM calls take no generation options beyond the stop strings: greedy decoding
+    and ``max_new_tokens`` come from the trained system's settings."""
+    if kwargs:
+        raise ValueError(f"unknown generation arguments {sorted(kwargs)}")
+
+
 def stripped(pieces: Iterable[str]) -> Iterator[str]:
     """The pieces of a text re-cut so that they join to the text stripped of surrounding white
     space (trailing white space is held back until more text follows)."""
@@ -184,11 +191,17 @@ class RAGPipeline:
     def complete(self, prompt: str, stop: Sequence[str] = ("\n",)) -> str:
         """The generator's greedy completion of an already formatted prompt, stripped of
         surrounding white space."""
-        return "".join(self.stream_completion(prompt, stop, streaming=False))
+        [generation] = self.generator.generate([self._completion_prompt(prompt)],
+                                               **self._completion_options(stop))
+        return generation.text.strip()
 
-    def stream_completion(self, prompt: str, stop: Sequence[str] = ("\n",),
-                          streaming: bool = True) -> Iterator[str]:
-        """:meth:`complete` piece by piece (the pieces join to the same text)."""
+    def stream_completion(self, prompt: str, stop: Sequence[str] = ("\n",)) -> Iterator[str]:
+        """:meth:`complete` piece by piece (the pieces join to the same text); the prompt is
+        checked at once, before the first piece."""
+        return stripped(self.generator.stream(self._completion_prompt(prompt),
+                                              **self._completion_options(stop)))
+
+    def _completion_prompt(self, prompt: str) -> str:
         prompt = check_text(prompt, "prompt")
         with model_lock(self.generator.model):
             length = len(self.generator.tokenizer(prompt)["input_ids"])
@@ -197,11 +210,11 @@ class RAGPipeline:
             raise ValueError(f"the prompt has {length} tokens; the model takes at most {room} "
                              f"({self.context_window} minus {self.settings.max_new_tokens} "
                              "for the answer)")
-        options = dict(max_new_tokens=self.settings.max_new_tokens, stop=list(stop),
-                       adapter=self.adapter)
-        pieces = self.generator.stream(prompt, **options) if streaming else \
-            [self.generator.generate([prompt], **options)[0].text]
-        yield from stripped(pieces)
+        return prompt
+
+    def _completion_options(self, stop: Sequence[str]) -> dict[str, Any]:
+        return {"max_new_tokens": self.settings.max_new_tokens, "stop": list(stop),
+                "adapter": self.adapter}
 
 
 class InvarRAG(RAGPipeline):

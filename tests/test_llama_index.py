@@ -148,6 +148,12 @@ def test_query_engine_answers_with_the_generator_end_to_end(
     assert [n.node.node_id for n in answer.source_nodes] == \
         [n.node.node_id for n in response.source_nodes]
     assert "".join(r.delta for r in llm.stream_complete(prompt)) == llm.complete(prompt).text
+    with pytest.raises(ValueError, match=r"unknown generation arguments \['temperature'\]"):
+        llm.complete(prompt, temperature=0.5)
+    with pytest.raises(ValueError, match="non-empty"):
+        llm.stream_complete(" ")  # checked before the first piece
+    with pytest.raises(ValueError, match="the model takes at most"):
+        llm.complete("word " * 2000)
 
 
 def test_threads_get_the_serial_results(retriever: InvarRetriever) -> None:

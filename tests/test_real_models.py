@@ -73,6 +73,39 @@ def test_shipped_system_answers_with_sources_streams_and_cuts_long_questions():
     assert "question cut to its last" in long.truncation
 
 
+def test_shipped_system_answers_through_both_frameworks():
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+    from llama_index.core.query_engine import RetrieverQueryEngine
+    from llama_index.core.schema import TextNode
+
+    from invar_rag_integrations import langchain as lc
+    from invar_rag_integrations import llama_index as li
+    from invar_rag_integrations.demo import SHIPPED_SYSTEM
+    from invar_rag_integrations.rag import InvarRAG
+
+    python = demo_questions()[3]
+    rag = InvarRAG.from_pretrained(SHIPPED_SYSTEM)
+    documents = [Document(page_content=p.text, metadata={"title": p.title}, id=p.id)
+                 for p in demo_passages()]
+    chain = lc.build_rag_chain(lc.InvarRetriever.from_documents(documents, rag, k=2),
+                               lc.InvarLLM(pipeline=rag))
+    result = chain.invoke(python.question)
+    assert result["answer"] in python.answers
+    assert result["source_documents"][0].id in python.gold_passage_ids
+
+    nodes = [TextNode(text=p.text, id_=p.id, metadata={"title": p.title})
+             for p in demo_passages()]
+    llm = li.InvarLLM(rag)
+    engine = RetrieverQueryEngine.from_args(
+        li.InvarRetriever(rag.retriever, nodes=nodes, similarity_top_k=2), llm=llm,
+        text_qa_template=llm.qa_template())
+    response = engine.query(python.question)
+    assert str(response) in python.answers
+    assert response.source_nodes[0].node.node_id in python.gold_passage_ids
+
+
 def test_baselines_on_odqa_match_the_reference_figures(shared_data, minilm):
     """BM25 on the full corpus; MiniLM on a seeded 2,000-passage subset holding the gold ones."""
     questions = odqa_questions("val", ["nq", "squad", "popqa_longtail"], limit=60,

@@ -11,7 +11,7 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 from pydantic import PrivateAttr
 
-from ..rag import RAGPipeline
+from ..rag import RAGPipeline, reject_unknown
 
 
 class InvarLLM(LLM):
@@ -51,8 +51,7 @@ class InvarLLM(LLM):
                 "max_new_tokens": self._pipeline.settings.max_new_tokens}
 
     def _stop(self, stop: list[str] | None, kwargs: dict[str, Any]) -> list[str]:
-        if kwargs:
-            raise ValueError(f"unknown generation arguments {sorted(kwargs)}")
+        reject_unknown(kwargs)
         return [*self.stop, *(stop or [])]
 
     def _call(self, prompt: str, stop: list[str] | None = None,

@@ -16,7 +16,7 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts import PromptTemplate as LlamaPromptTemplate
 
-from ..rag import RAGPipeline
+from ..rag import RAGPipeline, reject_unknown
 
 
 class InvarLLM(CustomLLM):
@@ -72,11 +72,13 @@ class InvarLLM(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        reject_unknown(kwargs)
         return CompletionResponse(text=self._pipeline.complete(prompt, self.stop))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False,
                         **kwargs: Any) -> CompletionResponseGen:
+        reject_unknown(kwargs)
         pieces = self._pipeline.stream_completion(prompt, self.stop)
 
         def responses() -> CompletionResponseGen:
