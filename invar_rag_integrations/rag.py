@@ -97,9 +97,7 @@ class RAGPipeline:
         self.passages: dict[str, Passage] = {p.id: p for p in passages}
         if retriever is not None and retriever.passage_ids:
             self._check_covered(retriever.passage_ids)
-        config = generator.model.config
-        self.max_prompt_tokens = self.settings.max_prompt_tokens or (
-            config.max_position_embeddings - self.settings.max_new_tokens)
+        self.max_prompt_tokens = self.settings.prompt_budget(self.context_window)
         self._warned = False
 
     def _check_covered(self, ids: Sequence[str]) -> None:
@@ -136,13 +134,15 @@ class RAGPipeline:
 
     # --- answering ------------------------------------------------------------------------
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for the generator (the tokenizer may be shared across threads)."""
+        with model_lock(self.generator.model):
+            return len(self.generator.tokenizer(text)["input_ids"])
+
     def prompt(self, question: str, sources: Sequence[Source]) -> FittedPrompt:
         """The prompt for ``question`` within the token budget (warns once when it is cut)."""
-        tokenizer = self.generator.tokenizer
-        with model_lock(self.generator.model):  # the tokenizer may be shared across threads
-            fitted = self.template.fit(question, [s.passage for s in sources],
-                                       lambda text: len(tokenizer(text)["input_ids"]),
-                                       self.max_prompt_tokens)
+        fitted = self.template.fit(question, [s.passage for s in sources], self.count_tokens,
+                                   self.max_prompt_tokens)
         if fitted.truncated and not self._warned:
             self._warned = True
             warnings.warn(f"a prompt exceeded {self.max_prompt_tokens} tokens: "
@@ -180,7 +180,6 @@ class RAGPipeline:
                                                   max_new_tokens=self.settings.max_new_tokens,
                                                   adapter=self.adapter))
 
-
     # --- completion of formatted prompts (the framework LLMs) ------------------------------
 
     @property
@@ -203,8 +202,7 @@ class RAGPipeline:
 
     def _completion_prompt(self, prompt: str) -> str:
         prompt = check_text(prompt, "prompt")
-        with model_lock(self.generator.model):
-            length = len(self.generator.tokenizer(prompt)["input_ids"])
+        length = self.count_tokens(prompt)
         room = self.context_window - self.settings.max_new_tokens
         if length > room:
             raise ValueError(f"the prompt has {length} tokens; the model takes at most {room} "

@@ -166,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                             output / "search_cache")
 
     # 5. prompts within the budget, labels on the answer tokens only
-    budget = settings.max_prompt_tokens or (lm.config.max_position_embeddings
-                                            - settings.max_new_tokens)
+    budget = settings.prompt_budget(lm.config.max_position_embeddings)
     examples, cut = build_examples(questions, [r.ids for r in results], by_id, template,
                                    tokenizer, budget)
     if cut:

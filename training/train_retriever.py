@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model = RetrieverTrainingModel(encoder, loss, loss_args.in_batch_negatives,
                                    loss_args.train_fusion_beta)
     trainer = TrainedWeightsTrainer(model=model, args=train_args, train_dataset=dataset,
-                               data_collator=collate, callbacks=[LossTermsCallback(model)])
+                                    data_collator=collate, callbacks=[LossTermsCallback(model)])
     resume = last_complete_checkpoint(output)
     if resume:
         print(f"resuming from {resume}", file=sys.stderr)

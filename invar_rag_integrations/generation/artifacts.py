@@ -58,6 +58,10 @@ class GeneratorSettings:
             raise ValueError(f"max_prompt_tokens must be positive, got {self.max_prompt_tokens}")
         check_lora(self.lora_r, self.lora_targets)
 
+    def prompt_budget(self, context_window: int) -> int:
+        """``max_prompt_tokens``, or by default the model's context minus the answer's room."""
+        return self.max_prompt_tokens or context_window - self.max_new_tokens
+
 
 def add_generator_adapter(lm: Any, settings: GeneratorSettings) -> Any:
     """Add a fresh ``generator`` LoRA adapter to ``lm`` (a peft model gains a second adapter on
