@@ -18,10 +18,17 @@ from .retrieval.base import (
     PASSAGES_FILE,
     Retriever,
     SearchResult,
+    check_instance,
     check_k,
     check_queries,
     check_text,
 )
+
+
+def check_pipeline(pipeline: Any) -> RAGPipeline:
+    """For the framework wrappers: a loaded pipeline, not a path."""
+    return check_instance(pipeline, RAGPipeline, "pipeline",
+                          "InvarRAG.from_pretrained(system_dir)")
 
 
 def reject_unknown(kwargs: dict[str, Any]) -> None:

@@ -117,6 +117,13 @@ def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRA
         retriever.invoke("capital of france", top_k=2)
     with pytest.raises(TypeError):
         InvarRetriever(pipeline=rag, search_kwargs={})
+    with pytest.raises(TypeError, match=r"pipeline must be a loaded RAGPipeline such as "
+                                        r"InvarRAG.from_pretrained\(system_dir\)"):
+        InvarRetriever(pipeline="runs/my_system")
+    with pytest.raises(TypeError, match="pipeline must be a loaded RAGPipeline"):
+        InvarLLM(pipeline="runs/my_system")
+    with pytest.raises(TypeError, match="retriever must be a loaded InvarRetriever"):
+        InvarEmbeddings(retriever="runs/my_system")
 
 
 def test_llm_invoke_stream_and_bad_arguments(rag: InvarRAG) -> None:

@@ -90,6 +90,11 @@ def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
         InvarRetriever(core)
     with pytest.raises(TypeError):
         InvarRetriever(core, nodes=nodes, top_k=3)  # unknown keyword
+    for wrapper in (InvarReranker, InvarEmbedding, InvarLLM):  # a path, not a loaded object
+        with pytest.raises(TypeError, match=r"must be a loaded \w+ such as .*from_pretrained"):
+            wrapper("runs/my_system")
+    with pytest.raises(TypeError, match="retriever must be a loaded Retriever such as"):
+        InvarRetriever("runs/my_system", nodes=nodes)
 
 
 def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(

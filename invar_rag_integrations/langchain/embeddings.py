@@ -14,6 +14,7 @@ from langchain_core.embeddings import Embeddings
 
 from ..retrieval.base import check_text
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbeddings(Embeddings):
@@ -28,8 +29,8 @@ class InvarEmbeddings(Embeddings):
                  system_dir: str | os.PathLike[str] | None = None):
         if (retriever is None) == (system_dir is None):
             raise ValueError("give exactly one of retriever or system_dir")
-        self.retriever = retriever or CoreInvarRetriever.from_pretrained(
-            system_dir, show_progress=False)
+        self.retriever = check_invar_retriever(retriever) if retriever is not None else \
+            CoreInvarRetriever.from_pretrained(system_dir, show_progress=False)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:

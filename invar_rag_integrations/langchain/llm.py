@@ -11,7 +11,7 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 from pydantic import PrivateAttr
 
-from ..rag import RAGPipeline, reject_unknown
+from ..rag import RAGPipeline, check_pipeline, reject_unknown
 
 
 class InvarLLM(LLM):
@@ -29,7 +29,7 @@ class InvarLLM(LLM):
     def __init__(self, *, pipeline: RAGPipeline, stop: list[str] | None = None,
                  tags: list[str] | None = None, metadata: dict[str, Any] | None = None):
         super().__init__(stop=["\n"] if stop is None else stop, tags=tags, metadata=metadata)
-        self._pipeline = pipeline
+        self._pipeline = check_pipeline(pipeline)
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarLLM:

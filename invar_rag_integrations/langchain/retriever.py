@@ -17,7 +17,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import PrivateAttr
 
 from ..data import Passage
-from ..rag import RAGPipeline, Source
+from ..rag import RAGPipeline, Source, check_pipeline
 from ..retrieval.base import check_k
 
 
@@ -49,7 +49,7 @@ class InvarRetriever(BaseRetriever):
     def __init__(self, *, pipeline: RAGPipeline, k: int = 4, tags: list[str] | None = None,
                  metadata: dict[str, Any] | None = None):
         super().__init__(k=check_k(k), tags=tags, metadata=metadata)
-        if pipeline.retriever is None:
+        if check_pipeline(pipeline).retriever is None:
             raise ValueError("the pipeline has no retriever (it answers closed-book)")
         self._pipeline = pipeline
 

@@ -17,6 +17,7 @@ from llama_index.core.callbacks import CallbackManager
 
 from ..retrieval.base import check_k, check_text
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbedding(BaseEmbedding):
@@ -32,6 +33,7 @@ class InvarEmbedding(BaseEmbedding):
 
     def __init__(self, retriever: CoreInvarRetriever, embed_batch_size: int = 16,
                  callback_manager: CallbackManager | None = None):
+        retriever = check_invar_retriever(retriever)
         super().__init__(model_name=f"invar:{retriever.system_dir.name}",
                          embed_batch_size=check_k(embed_batch_size, "embed_batch_size"),
                          callback_manager=callback_manager)

@@ -16,7 +16,7 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts import PromptTemplate as LlamaPromptTemplate
 
-from ..rag import RAGPipeline, reject_unknown
+from ..rag import RAGPipeline, check_pipeline, reject_unknown
 
 
 class InvarLLM(CustomLLM):
@@ -39,6 +39,7 @@ class InvarLLM(CustomLLM):
     _pipeline: RAGPipeline = PrivateAttr()
 
     def __init__(self, pipeline: RAGPipeline, stop: Sequence[str] = ("\n",)):
+        pipeline = check_pipeline(pipeline)
         source = getattr(pipeline.generator.model, "invar_source", None) or getattr(
             pipeline.generator.model.get_base_model(), "invar_source", None)
         name = source.name if source else type(pipeline.generator.model).__name__

@@ -12,6 +12,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ..retrieval.base import check_k, check_text
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import check_invar_retriever
 from ._convert import node_text
 
 KEPT_SCORE = "retrieval_score"
@@ -31,7 +32,7 @@ class InvarReranker(BaseNodePostprocessor):
 
     def __init__(self, retriever: CoreInvarRetriever, top_n: int = 2):
         super().__init__(top_n=check_k(top_n, "top_n"))
-        self._core = retriever
+        self._core = check_invar_retriever(retriever)
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:

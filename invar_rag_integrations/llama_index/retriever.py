@@ -12,7 +12,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 
-from ..retrieval.base import Retriever, check_k, check_text
+from ..retrieval.base import Retriever, check_instance, check_k, check_text
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ._convert import node_passages
 
@@ -31,6 +31,8 @@ class InvarRetriever(BaseRetriever):
     def __init__(self, retriever: Retriever, nodes: Sequence[BaseNode] | None = None,
                  docstore: BaseDocumentStore | None = None, similarity_top_k: int = 2,
                  callback_manager: CallbackManager | None = None, verbose: bool = False):
+        check_instance(retriever, Retriever, "retriever",
+                       "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
         if (nodes is None) == (docstore is None):
             raise ValueError("give exactly one of nodes or docstore")
         nodes = list(nodes if nodes is not None else docstore.docs.values())

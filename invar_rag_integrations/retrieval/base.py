@@ -52,6 +52,14 @@ def check_text(text: Any, what: str = "query") -> str:
     return text
 
 
+def check_instance(value: Any, cls: type, name: str, example: str) -> Any:
+    """Validate that ``value`` is a loaded ``cls`` (``example`` says how to get one)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a loaded {cls.__name__} such as {example}, "
+                        f"got {type(value).__name__} {value!r:.80}")
+    return value
+
+
 def read_saved_manifest(path: Path) -> dict[str, Any]:
     """The ``retriever.json`` settings of a saved retriever folder."""
     manifest = path / MANIFEST

@@ -21,12 +21,24 @@ from ..models.adapters import model_lock
 from ..paths import cache_dir
 from .artifacts import load_retriever_encoder
 from .base import MANIFEST as INDEX_MANIFEST
-from .base import Retriever, SearchResult, read_saved_ids, read_saved_manifest
+from .base import (
+    Retriever,
+    SearchResult,
+    check_instance,
+    read_saved_ids,
+    read_saved_manifest,
+)
 from .dense import encoder_identity
 from .embedding_cache import cached_embeddings, texts_hash
 from .invar import InvarEncoder
 
 INDEX_DIR = "index"
+
+
+def check_invar_retriever(retriever: Any) -> InvarRetriever:
+    """For the framework wrappers: a loaded Invar retriever, not a path."""
+    return check_instance(retriever, InvarRetriever, "retriever",
+                          "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
 
 
 class InvarRetriever(Retriever):
