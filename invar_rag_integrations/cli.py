@@ -9,19 +9,30 @@ from collections.abc import Sequence
 
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
+from .retrieval import RETRIEVER_NAMES, InvarSettings
+from .retrieval.invar_retriever import STAGE1
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
     from .evaluation.results import pivot_table, write_results
-    from .retrieval import make_retriever
+    from .retrieval import InvarRetriever, make_retriever
 
     if "triviaqa_dev" in args.datasets:
         raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
                          "EM only, not for Acc@k")
     questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
-    retriever = make_retriever(args.retriever)
-    passages = odqa_corpus(args.data_dir)
+    passages = odqa_corpus(args.data_dir)  # validated before any model loads
+    retriever = make_retriever(args.retriever, args.data_dir)
+    ks = list(args.k)
+    if isinstance(retriever, InvarRetriever):
+        if args.candidates:
+            retriever.settings.candidates = args.candidates
+        depth = retriever.settings.candidates
+        if any(k > depth for k in ks):
+            print(f"the two-stage retriever reads {depth} candidates per query: Acc@k for "
+                  f"k > {depth} is left out (--candidates sets the depth)", file=sys.stderr)
+            ks = [k for k in ks if k <= depth] or [depth]
     by_id = {p.id: p for p in passages}
     if retriever.passage_ids:  # a saved index: it must cover this corpus
         unknown = [pid for pid in retriever.passage_ids if pid not in by_id]
@@ -33,8 +44,8 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
         retriever.index(passages)
         print(f"indexed {len(passages)} passages in {time.perf_counter() - started:.1f} s",
               file=sys.stderr)
-    rows = evaluate_retrieval(retriever, questions, by_id, args.split, args.k)
-    print(pivot_table(rows, [f"acc@{k}" for k in args.k]))
+    rows = evaluate_retrieval(retriever, questions, by_id, args.split, ks)
+    print(pivot_table(rows, [f"acc@{k}" for k in ks]))
     output = args.output or f"eval-retrieval-{retriever.name}-{args.split}.json"
     print(f"wrote {write_results(output, rows)}", file=sys.stderr)
 
@@ -71,18 +82,31 @@ def _index(args: argparse.Namespace) -> None:
     from .retrieval import InvarRetriever
     from .retrieval.invar_retriever import INDEX_DIR
 
-    retriever = InvarRetriever.from_pretrained(args.retriever, index=None,
-                                               batch_size=args.batch_size)
-    passages = load_passages(args.corpus)
+    passages = load_passages(args.corpus)  # validated before any model loads
+    retriever = InvarRetriever.from_pretrained(args.retriever, index=None)
     started = time.perf_counter()
     retriever.index(passages)
     seconds = time.perf_counter() - started
     output = retriever.save(args.output or f"{args.retriever}/{INDEX_DIR}", passages)
     print(f"indexed {len(passages)} passages in {seconds:.1f} s "
           f"({len(passages) / seconds:.1f} passages/s); saved to {output}", file=sys.stderr)
-    if retriever.encoder.truncated["passage"]:
-        print(f"{retriever.encoder.truncated['passage']} passage(s) were truncated to "
-              f"{retriever.encoder.settings.max_passage_tokens} tokens", file=sys.stderr)
+
+
+def _init_system(args: argparse.Namespace) -> None:
+    from .retrieval import InvarRetriever, InvarSettings
+    from .retrieval.artifacts import save_retriever
+
+    defaults = InvarSettings()
+    settings = InvarSettings(stage1=args.stage1, candidates=args.candidates,
+                             bm25_weight=defaults.bm25_weight if args.stage1 == "rrf" else 0.0)
+    retriever = InvarRetriever.zero_shot(args.base_model, args.coarse_encoder, settings,
+                                         show_progress=False)
+    command = ["invar-rag", "init-system", args.output, "--base-model", args.base_model,
+               "--coarse-encoder", args.coarse_encoder, "--stage1", args.stage1,
+               "--candidates", str(args.candidates)]
+    path = save_retriever(retriever.reranker, args.output, {"command": " ".join(command)})
+    print(f"wrote the zero-shot retriever of {args.base_model!r} to {path} (other entries "
+          f"kept); next: invar-rag index --retriever {path} --corpus FILE", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -104,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval-retrieval", help="Acc@k of a retriever on the ODQA questions")
     ev.add_argument("--retriever", required=True,
-                    help="bm25, minilm, rrf (their reciprocal-rank fusion), or "
-                         "the folder of a saved retriever")
+                    help=f"{', '.join(RETRIEVER_NAMES)}, a trained system directory or the "
+                         "folder of a saved retriever")
+    ev.add_argument("--candidates", type=_positive_int,
+                    help="two-stage retrievers: stage-1 candidates the scorer reads per query")
     ev.add_argument("--split", choices=SPLITS, default="dev")
     ev.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS,
                     default=list(RETRIEVAL_DATASETS))
@@ -144,8 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--corpus", required=True,
                        help="JSON-lines passages {id, text, title}")
     index.add_argument("--output", help="index folder (default: <retriever>/index)")
-    index.add_argument("--batch-size", type=_positive_int, default=64)
     index.set_defaults(func=_index)
+
+    init = commands.add_parser(
+        "init-system", help="write a system directory holding the zero-shot two-stage retriever "
+                            "(no training; a generator can be trained on it)")
+    init.add_argument("output", help="system directory (created; a generator entry is kept)")
+    init.add_argument("--base-model", default="smollm2",
+                      help="scorer LM: smollm2, gemma3-270m or a local model folder")
+    init.add_argument("--coarse-encoder", default="minilm",
+                      help="stage-1 encoder: minilm or a sentence-transformers folder")
+    init.add_argument("--stage1", choices=STAGE1, default=InvarSettings.stage1,
+                      help="candidate proposer: rrf (BM25 + MiniLM) or minilm")
+    init.add_argument("--candidates", type=_positive_int, default=InvarSettings.candidates,
+                      help="stage-1 candidates the scorer reads per query")
+    init.set_defaults(func=_init_system)
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
     demo.add_argument("--system", help="trained system directory (default: the small system "

@@ -233,7 +233,8 @@ class InvarRAG(RAGPipeline):
                         base_model: str | None = None,
                         generator_dir: str | os.PathLike[str] | None = None,
                         **kwargs: Any) -> InvarRAG:
-        """Load base model, coarse encoder, both adapters, projector and index of one system.
+        """Load base model, coarse encoder, the scorer (with its adapter or head, if any), the
+        generator adapter and the index of one system.
 
         Args:
             system_dir: The system directory (``invar_rag.json``).
@@ -249,10 +250,10 @@ class InvarRAG(RAGPipeline):
         from .retrieval.invar_retriever import INDEX_DIR
 
         retriever = InvarRetriever.from_pretrained(system_dir, index, base_model)
-        lm, settings, template = load_generator(retriever.encoder.lm,
+        lm, settings, template = load_generator(retriever.scorer.lm,
                                                 generator_dir or system_dir)
-        retriever.encoder.lm = lm
-        generator = HFGenerator(lm, retriever.encoder.tokenizer)
+        retriever.scorer.lm = lm  # one base model, now holding both adapters
+        generator = HFGenerator(lm, retriever.scorer.tokenizer)
         passages: list[Passage] = []
         if isinstance(corpus, (str, os.PathLike)):
             passages = load_passages(corpus)

@@ -127,11 +127,11 @@ def _retriever_config(folder: Path, lm: Path, encoder: Path, data: Path,
         encoding="utf-8")
     config = {"base_model": str(lm), "coarse_encoder": str(encoder), "data_dir": str(data),
               "questions_per_dataset": [2, 2, 1, 2], "tune_questions_per_dataset": 1,
-              "num_candidates": 4, "mine_depth": 6, "projector_hidden": 16, "lora_r": 4,
+              "candidates": 4, "lora_r": 4, "precision": "float32",
               "output_dir": str(folder / "system"), "num_train_epochs": 2,
               "per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_steps": 2,
-              "logging_steps": 1, "use_cpu": True, "report_to": "none",
-              "fusion_betas": [0.0, 5.0], **overrides}
+              "logging_steps": 1, "eval_every": 2, "use_cpu": True, "report_to": "none",
+              **overrides}
     path = folder / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
@@ -174,7 +174,7 @@ def tiny_rag_system(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path,
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INVAR_RAG_CACHE", str(root / "cache"))
         cli(["train-retriever", str(_retriever_config(root, tiny_lm_dir, tiny_encoder_dir, data,
-                                                      fusion_betas=[1.0], num_train_epochs=1))])
+                                                      num_train_epochs=1))])
         cli(["train-generator", str(generator_config(root, root / "system", data,
                                                      max_steps=2))])
     return root / "system"

@@ -1,8 +1,9 @@
-"""Invar encoder, system directory and Invar retriever on tiny models."""
+"""The Invar scorer, the two-stage Invar retriever and the system directory, on tiny models."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -12,211 +13,354 @@ import torch
 
 from invar_rag_integrations.data import Passage
 from invar_rag_integrations.demo import demo_passages
-from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
-from invar_rag_integrations.retrieval import InvarRetriever, Retriever, make_retriever
-from invar_rag_integrations.retrieval.artifacts import (
-    load_retriever_encoder,
-    read_manifest,
-    save_retriever,
-)
-from invar_rag_integrations.retrieval.invar import (
-    InvarEncoder,
+from invar_rag_integrations.models import load_base_lm
+from invar_rag_integrations.retrieval import (
+    InvarRetriever,
+    InvarScorer,
     InvarSettings,
-    add_retriever_adapter,
+    Retriever,
+    ScorerSettings,
+    fused_score,
+    make_retriever,
 )
+from invar_rag_integrations.retrieval.artifacts import load_reranker, read_manifest, save_retriever
+from invar_rag_integrations.retrieval.scorer import Projector, passage_text, resolve_precision
 
-
-def _encoder(lm_dir: Path, enc_dir: Path, **settings) -> InvarEncoder:
-    torch.manual_seed(0)
-    lm, tokenizer = load_base_lm(str(lm_dir))
-    options = InvarSettings(projector_hidden=16, lora_r=4, **settings)
-    return InvarEncoder(add_retriever_adapter(lm, options), tokenizer,
-                        load_coarse_encoder(str(enc_dir)), options)
-
-
-@pytest.fixture()
-def encoder(tiny_lm_dir: Path, tiny_encoder_dir: Path) -> InvarEncoder:
-    return _encoder(tiny_lm_dir, tiny_encoder_dir)
+PASSAGES = [Passage("p1", "Alexander Fleming discovered penicillin in 1928.", "Penicillin"),
+            Passage("p2", "Mount Everest is the highest mountain on Earth.", "Everest"),
+            Passage("p3", "The Nile is the longest river in Africa and flows north.")]
 
 
 @pytest.fixture()
-def system_dir(encoder: InvarEncoder, tmp_path: Path) -> Path:
-    return save_retriever(encoder, tmp_path / "system", {"note": "test"}, {"score": 1.0})
+def lm(tiny_lm_dir: Path):
+    return load_base_lm(str(tiny_lm_dir))
+
+
+def _scorer(lm, **settings) -> InvarScorer:
+    model, tokenizer = lm
+    return InvarScorer(model, tokenizer, ScorerSettings(**settings), batch_size=2,
+                       precision="float32")
+
+
+def _naive_score(model, tokenizer, scorer: InvarScorer, query: str, passage: Passage) -> float:
+    """Full forward of one unpadded sequence, log-softmax over every position."""
+    question = scorer.tokens.question(query)
+    ids = scorer.tokens.bos + scorer.tokens.head + scorer.tokens.passage(passage_text(passage)) \
+        + scorer.tokens.tail + question
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    start = len(ids) - len(question)
+    return float(np.mean([logprobs[start + t - 1, tok].item() for t, tok in enumerate(question)]))
+
+
+@pytest.fixture()
+def zero_shot(tiny_lm_dir: Path, tiny_encoder_dir: Path) -> InvarRetriever:
+    retriever = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                         InvarSettings(candidates=6), precision="float32",
+                                         show_progress=False)
+    retriever.index(demo_passages())
+    return retriever
 
 
 def test_settings_reject_bad_values() -> None:
-    with pytest.raises(ValueError, match="doc_input"):
-        InvarSettings(doc_input="summary")
-    with pytest.raises(ValueError, match="lora_r"):
-        InvarSettings(lora_r=128)
+    with pytest.raises(ValueError, match="passage"):
+        ScorerSettings(prompt="no slot here")
+    with pytest.raises(ValueError, match="normalization"):
+        ScorerSettings(normalization="max")
+    with pytest.raises(ValueError, match="stage1"):
+        InvarSettings(stage1="bm25")
     with pytest.raises(ValueError, match="tau"):
         InvarSettings(tau=0)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int4", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("doc_input", ["coarse", "text", "coarse+text"])
-def test_embed_is_normalised_and_depends_on_the_inputs_doc_input_names(
-        tiny_lm_dir: Path, tiny_encoder_dir: Path, doc_input: str) -> None:
-    encoder = _encoder(tiny_lm_dir, tiny_encoder_dir, doc_input=doc_input)
-    texts = ["Paris is the capital of France", "The Nile is a river"]
-    coarse = torch.from_numpy(encoder.coarse(texts))
-    vectors = encoder.embed("passage", texts, coarse)
-    assert vectors.shape == (2, encoder.hidden_size)
-    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
-    assert not torch.allclose(vectors[0], vectors[1])
-    if doc_input == "coarse":  # text is not read: only the coarse vector matters
-        same = encoder.embed("passage", ["something else", "entirely"], coarse)
-        assert torch.allclose(same, vectors, atol=1e-6)
-    if doc_input == "text":  # the coarse vector is not read
-        assert torch.allclose(encoder.embed("passage", texts, None), vectors, atol=1e-6)
+def test_scores_equal_the_naive_full_forward_for_every_padding(lm) -> None:
+    model, tokenizer = lm
+    scorer = _scorer(lm)
+    queries = ["who discovered penicillin", "what is the highest mountain on the planet earth"]
+    batched = scorer.score_batch(queries, [PASSAGES, PASSAGES[:2]])
+    assert [len(s) for s in batched] == [3, 2]
+    for query, scores in zip(queries, batched):
+        for passage, value in zip(PASSAGES, scores):
+            assert value == pytest.approx(_naive_score(model, tokenizer, scorer, query, passage),
+                                          abs=1e-4)
+    assert scorer.score("who discovered penicillin", []).shape == (0,)
 
 
-def test_embed_pools_the_eos_position_whatever_the_padding(encoder: InvarEncoder) -> None:
-    texts = ["who discovered penicillin", "what is the longest river in the world by length"]
-    coarse = torch.from_numpy(encoder.coarse(texts))
-    together = encoder.embed("query", texts, coarse)
-    alone = torch.cat([encoder.embed("query", [t], c[None]) for t, c in zip(texts, coarse)])
-    assert torch.allclose(together, alone, atol=1e-5)
+def test_sum_normalization_is_mean_times_question_length(lm) -> None:
+    mean, total = _scorer(lm), _scorer(lm, normalization="sum")
+    length = len(mean.tokens.question("who discovered penicillin"))
+    assert total.score("who discovered penicillin", PASSAGES) == pytest.approx(
+        mean.score("who discovered penicillin", PASSAGES) * length, rel=1e-4)
 
 
-def test_embed_needs_its_inputs_and_truncates_with_one_warning(encoder: InvarEncoder) -> None:
-    with pytest.raises(ValueError, match="coarse"):
-        encoder.embed("query", ["q"], None)
-    with pytest.raises(ValueError, match="kind"):
-        encoder.embed("document", ["q"], None)
-    long = " ".join(["river"] * 200)
-    coarse = torch.from_numpy(encoder.coarse([long, long]))
-    with pytest.warns(UserWarning, match="truncated"):
-        encoder.embed("query", [long, long], coarse)
+def test_long_passages_are_cut_counted_and_warned_once(lm) -> None:
+    scorer = _scorer(lm, max_passage_tokens=8)
+    long = Passage("long", " ".join(["river"] * 50))
+    with pytest.warns(UserWarning, match="passage text longer than 8 tokens was truncated"):
+        scorer.score("longest river", [long, Passage("x", "another river " * 20)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        encoder.embed("query", [long], coarse[:1])  # warned once only
-    assert encoder.truncated["query"] == 3
+        scorer.score("longest river", [Passage("y", "mountain " * 30)])
+    assert scorer.tokens.truncated == {"passage": 3, "query": 0}
+    assert len(scorer.tokens.passage(passage_text(long))) == 8
+    short_queries = _scorer(lm, max_query_tokens=4)
+    question = "please tell me " * 5 + "who found penicillin"
+    with pytest.warns(UserWarning, match="query text .* truncated to its last 4"):
+        ids = short_queries.tokens.question(question)
+    assert ids == _scorer(lm).tokens.question(question)[-4:]
 
 
-def test_gradients_reach_lora_and_projector_only(encoder: InvarEncoder) -> None:
-    coarse = torch.from_numpy(encoder.coarse(["a question"]))
-    encoder.embed("query", ["a question"], coarse).sum().backward()
-    trained = {n for n, p in encoder.named_parameters() if p.grad is not None}
-    assert any("lora_" in n for n in trained) and any("projector" in n for n in trained)
-    assert all("lora_" in n or "projector" in n for n in trained)
+def test_bos_is_added_only_for_tokenizers_that_use_it(lm) -> None:
+    _, tokenizer = lm
+    assert _scorer(lm).tokens.bos == []  # the tiny tokenizer adds no BOS, like SmolLM2
+    tokenizer.add_bos_token = True  # a Gemma-like tokenizer
+    tokenizer._tokenizer.post_processor = __import__("tokenizers").processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    assert _scorer(lm).tokens.bos == [tokenizer.bos_token_id]
 
 
-def test_system_dir_round_trip(encoder: InvarEncoder, system_dir: Path) -> None:
-    manifest = read_manifest(system_dir)
-    assert (system_dir / "retriever" / "adapter_model.safetensors").is_file()
-    assert (system_dir / "projector.safetensors").is_file()
+def test_bf16_serving_copy_follows_the_weights_and_scores_like_autocast(lm) -> None:
+    model, tokenizer = lm
+    scorer = InvarScorer(model, tokenizer, ScorerSettings(), precision="bfloat16")
+    copy = scorer.serving_model()
+    assert copy is not model and copy.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # the shared LM stays
+    assert scorer.serving_model() is copy  # made once
+    served = scorer.score("who discovered penicillin", PASSAGES)
+    question = [scorer.tokens.question("who discovered penicillin")] * 3
+    passages = [scorer.tokens.passage(passage_text(p)) for p in PASSAGES]
+    with torch.no_grad():
+        autocast = scorer.pair_scores(question, passages).numpy()  # the training path
+    assert np.allclose(served, autocast, atol=0.05)
+    with torch.no_grad():  # an in-place update (an optimizer step) makes a new copy
+        model.get_input_embeddings().weight.mul_(1.5)
+    assert scorer.serving_model() is not copy
+    assert not np.allclose(scorer.score("who discovered penicillin", PASSAGES), served,
+                           atol=1e-3)
+    assert _scorer(lm).serving_model() is model  # float32: no copy
+
+
+def test_a_lora_at_zero_scores_like_the_base_model_and_trains_only_its_weights(lm) -> None:
+    from peft import get_peft_model
+
+    from invar_rag_integrations.models.adapters import lora_config
+
+    model, tokenizer = lm
+    base = _scorer(lm).score("who discovered penicillin", PASSAGES)
+    peft_model = get_peft_model(model, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+                                adapter_name="retriever")
+    scorer = InvarScorer(peft_model, tokenizer, ScorerSettings(), "retriever",
+                         precision="float32")
+    assert np.allclose(scorer.score("who discovered penicillin", PASSAGES), base, atol=1e-5)
+    ids = scorer.tokens.question("who discovered penicillin")
+    scorer.pair_scores([ids], [scorer.tokens.passage("penicillin")]).sum().backward()
+    trained = {n for n, p in peft_model.named_parameters() if p.grad is not None}
+    assert trained and all("lora_" in n for n in trained)
+
+
+def test_soft_tokens_read_the_coarse_vectors_and_train_the_projector(lm) -> None:
+    model, tokenizer = lm
+    settings = ScorerSettings(num_soft_tokens=2, projector_hidden=8)
+    projector = Projector.for_model(model, 4, settings)
+    scorer = InvarScorer(model, tokenizer, settings, projector=projector, precision="float32")
+    with pytest.raises(ValueError, match="coarse"):
+        scorer.score("who discovered penicillin", PASSAGES)
+    query = np.ones((1, 4), np.float32)
+    a = scorer.score_batch(["q"], [PASSAGES], query, [np.zeros((3, 4), np.float32)])[0]
+    b = scorer.score_batch(["q"], [PASSAGES], query, [np.ones((3, 4), np.float32)])[0]
+    assert not np.allclose(a, b)
+    ids = scorer.tokens.question("q")
+    scorer.pair_scores([ids], [scorer.tokens.passage("x")], torch.ones(1, 4),
+                       torch.ones(1, 4)).sum().backward()
+    assert all(p.grad is not None for p in projector.parameters())
+
+
+def test_two_stage_scores_are_the_fused_score_of_the_candidates(zero_shot) -> None:
+    query = "who discovered penicillin"
+    [proposed] = zero_shot.candidates([query])
+    [result] = zero_shot.search([query], 6)
+    assert sorted(result.ids) == sorted(proposed.ids)
+    assert result.scores == sorted(result.scores, reverse=True)
+    by_id = {p.id: p for p in demo_passages()}
+    r = zero_shot.scorer.score(query, [by_id[i] for i in result.ids])
+    coarse_q = zero_shot.reranker.coarse([query])[0]
+    coarse_d = zero_shot.reranker.coarse([by_id[i].full_text() for i in result.ids])
+    [bm25] = zero_shot.bm25_term([query], [result.ids])
+    assert bm25.max() <= 1.0 and bm25.min() >= 0.0
+    expected = fused_score(r, coarse_d @ coarse_q, zero_shot.settings.cos_weight,
+                           zero_shot.settings.tau, bm25, zero_shot.settings.bm25_weight)
+    assert np.allclose(result.scores, expected, atol=1e-4)
+
+
+def test_reranker_orders_any_candidates_and_handles_edge_cases(zero_shot) -> None:
+    reranker = zero_shot.reranker
+    ranked = reranker.rerank("who discovered penicillin", PASSAGES, top_n=2)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    assert reranker.rerank("who discovered penicillin", []) == []
+    with pytest.raises(ValueError, match="empty"):
+        reranker.rerank(" ", PASSAGES)
+    with pytest.raises(ValueError, match="top_n"):
+        reranker.rerank("q", PASSAGES, top_n=0)
+
+
+def test_bad_requests_use_the_retriever_interface_errors(zero_shot) -> None:
+    with pytest.raises(ValueError, match="k = 7 is larger than .*candidates = 6"):
+        zero_shot.search(["who discovered penicillin"], 7)
+    with pytest.raises(ValueError, match="empty"):
+        zero_shot.search([" "], 3)
+    with pytest.raises(ValueError, match="positive"):
+        zero_shot.search(["q"], 0)
+    with pytest.raises(ValueError, match="duplicate"):
+        zero_shot.index([Passage("x", "a"), Passage("x", "b")])
+    assert zero_shot.search([], 3) == []
+
+
+def test_index_saves_and_loads_with_its_passages(zero_shot, tmp_path: Path) -> None:
+    query = ["who discovered penicillin", "capital of france"]
+    before = zero_shot.search(query, 5)
+    system = save_retriever(zero_shot.reranker, tmp_path / "system")
+    zero_shot.system_dir = system.resolve()
+    zero_shot.save(system / "index")
+    assert (system / "index" / "passages.jsonl").is_file()
+    again = make_retriever(str(system))  # a system directory with its saved index
+    assert again.passage_ids == [p.id for p in demo_passages()]
+    found = again.search(query, 5)  # precision auto: bf16 where the CPU has it, near ties swap
+    assert [sorted(r.ids) for r in found] == [sorted(r.ids) for r in before]
+    assert np.allclose([r.scores for r in found], [r.scores for r in before], atol=0.05)
+    loaded = Retriever.load(system / "index")  # the index folder alone
+    assert isinstance(loaded, InvarRetriever)
+    assert np.allclose(sorted(loaded.search(query, 5)[0].scores), sorted(before[0].scores),
+                       atol=0.05)
+
+
+def test_an_index_of_another_corpus_or_stage1_is_refused(zero_shot, tmp_path: Path,
+                                                         tiny_lm_dir: Path,
+                                                         tiny_encoder_dir: Path) -> None:
+    system = save_retriever(zero_shot.reranker, tmp_path / "system")
+    zero_shot.save(tmp_path / "index")
+    lines = (tmp_path / "index" / "passages.jsonl").read_text().splitlines()
+    (tmp_path / "index" / "passages.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="not the corpus this index was built over"):
+        InvarRetriever.from_pretrained(system, index=tmp_path / "index")
+    zero_shot.save(tmp_path / "index-rrf")
+    dense_only = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                          InvarSettings(stage1="minilm", bm25_weight=0.0),
+                                          show_progress=False)
+    with pytest.raises(ValueError, match="built for stage 1 'rrf'.*uses 'minilm'"):
+        dense_only.load_index(tmp_path / "index-rrf")
+    manifest = read_manifest(system)
+    manifest["retriever"]["settings"]["max_passage_tokens"] = 64
+    (system / "invar_rag.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="differ from the ones the manifest"):
+        InvarRetriever.from_pretrained(system)  # the settings no longer match the hash
+
+
+def test_system_dir_with_an_adapter_round_trips_and_checks_its_identity(
+        zero_shot, tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from peft import get_peft_model
+
+    from invar_rag_integrations.models.adapters import lora_config
+
+    scorer = zero_shot.scorer
+    scorer.lm = get_peft_model(scorer.lm, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+                               adapter_name="retriever")
+    scorer.adapter = "retriever"
+    with torch.no_grad():  # move the adapter away from zero
+        for name, parameter in scorer.lm.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    system = save_retriever(zero_shot.reranker, tmp_path / "system", {"note": "test"},
+                            {"score": 1.0})
+    manifest = read_manifest(system)
+    assert manifest["retriever"]["adapter"] == "retriever"
     assert manifest["training"]["retriever"] == {"note": "test"}
-    assert manifest["retriever"]["settings"]["num_soft_tokens"] == 4
-    loaded, _ = load_retriever_encoder(system_dir)
-    texts = ["who invented the airplane", "capital of france"]
-    coarse = encoder.coarse(texts)
-    for kind in ("query", "passage"):
-        assert np.allclose(loaded.encode(kind, texts, coarse), encoder.encode(kind, texts, coarse),
-                           atol=1e-5)
-
-
-def test_loading_on_another_base_model_names_both(system_dir: Path, tmp_path: Path,
-                                                  tiny_lm_dir: Path) -> None:
-    import shutil
-
+    loaded, _ = load_reranker(system, precision="float32")
+    assert np.allclose(loaded.scorer.score("who discovered penicillin", PASSAGES),
+                       scorer.score("who discovered penicillin", PASSAGES), atol=1e-5)
     other = tmp_path / "other-llama"
     shutil.copytree(tiny_lm_dir, other)
     with pytest.raises(ValueError, match="trained on base model .*tiny-llama.*other-llama"):
-        load_retriever_encoder(system_dir, base_model=str(other))
-
-
-def test_changed_weights_are_detected(system_dir: Path) -> None:
+        load_reranker(system, base_model=str(other))
     from safetensors.torch import load_file, save_file
 
-    state = load_file(str(system_dir / "projector.safetensors"))
-    state["net.0.bias"] = state["net.0.bias"] + 1
-    save_file(state, str(system_dir / "projector.safetensors"))
+    weights = system / "retriever" / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v + 1 for k, v in state.items()}, str(weights))
     with pytest.raises(ValueError, match="differ"):
-        load_retriever_encoder(system_dir)
+        load_reranker(system)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model"):
+        load_reranker(system)
 
 
-def test_invar_retriever_index_search_save_load(system_dir: Path, tmp_path: Path) -> None:
-    retriever = InvarRetriever.from_pretrained(system_dir, chunk_size=16, show_progress=False)
-    passages = demo_passages()
-    retriever.index(passages)
-    results = retriever.search(["who discovered penicillin", "capital of france"], 5)
-    assert [len(r.ids) for r in results] == [5, 5]
-    assert all(r.scores == sorted(r.scores, reverse=True) for r in results)
-    retriever.save(system_dir / "index")
-    again = make_retriever(str(system_dir))  # a system directory with its saved index
-    assert again.passage_ids == [p.id for p in passages]
-    assert again.search(["capital of france"], 5)[0].ids == results[1].ids
-    loaded = Retriever.load(system_dir / "index")  # an index folder alone
-    assert isinstance(loaded, InvarRetriever)
-    assert loaded.search(["capital of france"], 5)[0].ids == results[1].ids
-    with pytest.raises(ValueError, match="empty"):
-        retriever.search([" "], 3)
-    with pytest.raises(ValueError, match="duplicate"):
-        retriever.index([Passage("x", "a"), Passage("x", "b")])
-
-
-def test_fusion_beta_adds_the_coarse_score(system_dir: Path) -> None:
-    retriever = InvarRetriever.from_pretrained(system_dir, show_progress=False)
-    passages = demo_passages()
-    retriever.index(passages)
-    query = ["who discovered penicillin"]
-    plain = retriever.search_vectors(retriever.query_vectors(query, beta=0.0), 40)[0]
-    fused = retriever.search_vectors(retriever.query_vectors(query, beta=3.0), 40)[0]
-    coarse_q = retriever.encoder.coarse(query)[0]
-    coarse_d = dict(zip([p.id for p in passages],
-                        retriever.encoder.coarse([p.full_text() for p in passages])))
-    plain_scores = dict(zip(plain.ids, plain.scores))
-    for pid, score in zip(fused.ids, fused.scores):
-        assert score == pytest.approx(plain_scores[pid] + 3.0 * coarse_q @ coarse_d[pid],
-                                      abs=1e-3)
-
-
-def test_index_of_another_retriever_is_refused(system_dir: Path, tiny_lm_dir: Path,
-                                               tiny_encoder_dir: Path, tmp_path: Path) -> None:
-    retriever = InvarRetriever.from_pretrained(system_dir, show_progress=False)
-    retriever.index(demo_passages())
-    retriever.save(tmp_path / "index-a")
-    torch.manual_seed(1)
-    other = _encoder(tiny_lm_dir, tiny_encoder_dir, num_soft_tokens=2)
-    other_dir = save_retriever(other, tmp_path / "system-b")
-    with pytest.raises(ValueError, match="built by retriever .*system.*not by .*system-b"):
-        InvarRetriever.from_pretrained(other_dir, index=tmp_path / "index-a")
-
-
-def test_indexing_resumes_from_saved_chunks(system_dir: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    retriever = InvarRetriever.from_pretrained(system_dir, chunk_size=8, show_progress=False)
-    passages = demo_passages()
-    real_encode, calls = retriever.encoder.encode, []
-
-    def failing(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        return real_encode(*args, **kwargs)
-
-    monkeypatch.setattr(retriever.encoder, "encode", failing)
-    with pytest.raises(KeyboardInterrupt):
-        retriever.index(passages)
-    calls.clear()
-    monkeypatch.setattr(retriever.encoder, "encode", lambda *a, **k: calls.append(1)
-                        or real_encode(*a, **k))
-    retriever.index(passages)
-    assert len(calls) == 3  # 40 passages in chunks of 8: two were kept, three remained
-    fresh = InvarRetriever.from_pretrained(system_dir, chunk_size=8, show_progress=False)
-    assert np.allclose(fresh.passage_vectors(passages), retriever.passage_vectors(passages))
-
-
-def test_index_cli_and_eval_on_a_system_dir(system_dir: Path, tmp_path: Path, odqa_dir: Path,
+def test_index_cli_and_eval_on_a_system_dir(zero_shot, tmp_path: Path, odqa_dir: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     from invar_rag_integrations.cli import main
 
+    system = save_retriever(zero_shot.reranker, tmp_path / "system")
     corpus = odqa_dir / "odqa" / "corpus.jsonl"
-    main(["index", "--retriever", str(system_dir), "--corpus", str(corpus)])
+    main(["index", "--retriever", str(system), "--corpus", str(corpus)])
     assert "indexed 40 passages" in capsys.readouterr().err
-    assert json.loads((system_dir / "index" / "retriever.json").read_text())["kind"] == "invar"
+    assert json.loads((system / "index" / "retriever.json").read_text())["kind"] == "invar"
     output = tmp_path / "eval.json"
-    main(["eval-retrieval", "--retriever", str(system_dir), "--data-dir", str(odqa_dir),
-          "--datasets", "nq", "--output", str(output)])
+    main(["eval-retrieval", "--retriever", str(system), "--data-dir", str(odqa_dir),
+          "--datasets", "nq", "--output", str(output), "--candidates", "5"])
+    assert "Acc@k for k > 5 is left out" in capsys.readouterr().err
     rows = json.loads(output.read_text())["rows"]
-    assert {r["system"] for r in rows} == {"invar"} and {r["dataset"] for r in rows} == {"nq"}
+    assert {r["system"] for r in rows} == {"upr-zero-shot"} and {r["dataset"] for r in rows} \
+        == {"nq"}
+    assert {r["metric"] for r in rows} == {"acc@1", "acc@5"}
+
+
+def test_init_system_writes_the_zero_shot_retriever_and_keeps_the_generator_entry(
+        tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from invar_rag_integrations.cli import main
+    from invar_rag_integrations.retrieval.artifacts import write_manifest
+
+    system = tmp_path / "system"
+    system.mkdir()
+    write_manifest(system, {"format": "invar-rag/1", "generator": {"adapter": "generator"}})
+    main(["init-system", str(system), "--base-model", str(tiny_lm_dir), "--coarse-encoder",
+          str(tiny_encoder_dir), "--stage1", "minilm", "--candidates", "4"])
+    assert "next: invar-rag index" in capsys.readouterr().err
+    manifest = read_manifest(system)
+    assert manifest["generator"] == {"adapter": "generator"}
+    assert manifest["retriever"]["adapter"] is None
+    assert "init-system" in manifest["training"]["retriever"]["command"]
+    retriever = InvarRetriever.from_pretrained(system, precision="float32", show_progress=False)
+    assert retriever.name == "upr-zero-shot"
+    assert (retriever.settings.stage1, retriever.settings.candidates,
+            retriever.settings.bm25_weight) == ("minilm", 4, 0.0)
+    retriever.index(demo_passages())
+    [result] = retriever.search(["who discovered penicillin"], 4)
+    assert len(result.ids) == 4
+
+
+def test_a_head_starts_at_zero_reads_the_question_states_and_round_trips(
+        zero_shot, tmp_path: Path) -> None:
+    scorer = zero_shot.scorer
+    query = "who discovered penicillin"
+    base = scorer.score(query, PASSAGES)
+    likelihood, features = scorer.likelihoods_and_features([query], [PASSAGES])
+    assert np.allclose(likelihood[0], base, atol=1e-5)
+    assert features[0].shape == (3, scorer.lm.get_input_embeddings().embedding_dim)
+    zero_shot.settings.head = True
+    headed = InvarScorer(scorer.lm, scorer.tokenizer, zero_shot.settings.scorer_settings(),
+                         precision="float32")
+    assert np.allclose(headed.score(query, PASSAGES), base, atol=1e-5)  # zero-initialised
+    with torch.no_grad():
+        headed.head.weight.fill_(0.01)
+    expected = base + features[0] @ headed.head.weight[0].detach().numpy() + headed.head.bias.item()
+    assert np.allclose(headed.score(query, PASSAGES), expected, atol=1e-4)
+    zero_shot.reranker.scorer = headed
+    system = save_retriever(zero_shot.reranker, tmp_path / "system")
+    assert read_manifest(system)["retriever"]["head"] == "head.safetensors"
+    loaded, _ = load_reranker(system, precision="float32")
+    assert np.allclose(loaded.scorer.score(query, PASSAGES), expected, atol=1e-4)
+    (system / "head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="head.safetensors"):
+        load_reranker(system)

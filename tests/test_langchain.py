@@ -26,9 +26,11 @@ from invar_rag_integrations.demo import demo_passages  # noqa: E402
 from invar_rag_integrations.langchain import (  # noqa: E402
     InvarEmbeddings,
     InvarLLM,
+    InvarReranker,
     InvarRetriever,
     build_rag_chain,
 )
+from invar_rag_integrations.langchain.retriever import document_passage  # noqa: E402
 from invar_rag_integrations.rag import InvarRAG  # noqa: E402
 from invar_rag_integrations.retrieval import InvarRetriever as CoreInvarRetriever  # noqa: E402
 
@@ -63,7 +65,7 @@ class TestInvarRetrieverStandard(_WithSystem, RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self) -> dict:
-        return {"pipeline": _rag(self.system)}
+        return {"retriever": _rag(self.system).retriever}
 
     @property
     def retriever_query_example(self) -> str:
@@ -94,7 +96,7 @@ def rag(tiny_rag_system: Path) -> InvarRAG:
 
 
 def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRAG) -> None:
-    retriever = InvarRetriever(pipeline=rag, k=3)
+    retriever = InvarRetriever(retriever=rag.retriever, k=3)
     documents = retriever.invoke("who discovered penicillin")
     assert [d.metadata["id"] for d in documents] == \
         [s.passage.id for s in rag.retrieve("who discovered penicillin", 3)]
@@ -103,27 +105,62 @@ def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRA
 
     own = [Document(page_content=p.text, metadata={"title": p.title, "source": "mine"}, id=p.id)
            for p in demo_passages()[:10]]
-    core = InvarRAG.from_pretrained(rag.retriever.system_dir)
-    mine = InvarRetriever.from_documents(own, core, k=2).invoke("capital of france")
+    mine = InvarRetriever.from_documents(own, rag.retriever, k=2).invoke("capital of france")
     assert len(mine) == 2 and all(d.metadata["source"] == "mine" for d in mine)
+    assert rag.retriever.passage_ids == [p.id for p in demo_passages()]  # its index is intact
+    from_dir = InvarRetriever.from_documents(own, rag.retriever.system_dir, k=2)
+    assert [d.id for d in from_dir.invoke("capital of france")] == [d.id for d in mine]
 
-    with pytest.raises(ValueError, match="empty or whitespace"):
+    with pytest.raises(ValueError, match="non-empty string"):
         retriever.invoke(" ")
     with pytest.raises(ValueError, match="k must be a positive integer"):
         retriever.invoke("capital of france", k=0)
+    with pytest.raises(ValueError, match="larger than the retriever's candidate depth"):
+        retriever.invoke("capital of france", k=100)
     with pytest.raises(ValueError, match="k must be a positive integer"):
-        InvarRetriever(pipeline=rag, k=-1)
+        InvarRetriever(retriever=rag.retriever, k=-1)
     with pytest.raises(TypeError):
         retriever.invoke("capital of france", top_k=2)
     with pytest.raises(TypeError):
-        InvarRetriever(pipeline=rag, search_kwargs={})
-    with pytest.raises(TypeError, match=r"pipeline must be a loaded RAGPipeline such as "
-                                        r"InvarRAG.from_pretrained\(system_dir\)"):
-        InvarRetriever(pipeline="runs/my_system")
+        InvarRetriever(retriever=rag.retriever, search_kwargs={})
+    with pytest.raises(TypeError, match=r"retriever must be a loaded InvarRetriever such as "
+                                        r"InvarRetriever.from_pretrained\(system_dir\)"):
+        InvarRetriever(retriever="runs/my_system")
     with pytest.raises(TypeError, match="pipeline must be a loaded RAGPipeline"):
         InvarLLM(pipeline="runs/my_system")
     with pytest.raises(TypeError, match="retriever must be a loaded InvarRetriever"):
         InvarEmbeddings(retriever="runs/my_system")
+
+
+def test_compressor_reranks_any_retrievers_documents(rag: InvarRAG) -> None:
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    reranker = InvarReranker(retriever=rag.retriever, top_n=2)
+    documents = [Document(page_content=p.text, metadata={"title": p.title}, id=p.id)
+                 for p in demo_passages()[:8]]
+    kept = reranker.compress_documents(documents, "who discovered penicillin")
+    order = rag.retriever.reranker.rerank(
+        "who discovered penicillin", [document_passage(d) for d in documents], 2)
+    assert [d.id for d in kept] == [documents[i].id for i, _ in order]
+    assert [d.metadata["relevance_score"] for d in kept] == pytest.approx([s for _, s in order])
+    assert kept[0].metadata["title"] == documents[order[0][0]].metadata["title"]
+    assert reranker.compress_documents([], "anything") == []
+    with pytest.raises(ValueError, match="non-empty"):
+        reranker.compress_documents(documents, " ")
+    with pytest.raises(ValueError, match="top_n"):
+        InvarReranker(retriever=rag.retriever, top_n=0)
+    with pytest.raises(TypeError, match="retriever must be a loaded InvarRetriever or "
+                                        "InvarReranker"):
+        InvarReranker(retriever="runs/my_system")
+
+    classic = pytest.importorskip("langchain_classic.retrievers")
+    store = InMemoryVectorStore.from_documents(documents, InvarEmbeddings(retriever=rag.retriever))
+    compressed = classic.ContextualCompressionRetriever(
+        base_retriever=store.as_retriever(search_kwargs={"k": 6}), base_compressor=reranker)
+    found = compressed.invoke("who discovered penicillin")
+    candidates = store.as_retriever(search_kwargs={"k": 6}).invoke("who discovered penicillin")
+    assert [d.id for d in found] == [d.id for d in reranker.compress_documents(
+        candidates, "who discovered penicillin")]
 
 
 def test_llm_invoke_stream_and_bad_arguments(rag: InvarRAG) -> None:
@@ -139,7 +176,7 @@ def test_llm_invoke_stream_and_bad_arguments(rag: InvarRAG) -> None:
 
 
 def test_rag_chain_invoke_batch_stream_and_ainvoke(rag: InvarRAG) -> None:
-    chain = build_rag_chain(InvarRetriever(pipeline=rag, k=2), InvarLLM(pipeline=rag))
+    chain = build_rag_chain(InvarRetriever(retriever=rag.retriever, k=2), InvarLLM(pipeline=rag))
     result = chain.invoke("who discovered penicillin")
     assert set(result) == {"question", "source_documents", "answer"}
     assert len(result["source_documents"]) == 2
@@ -159,7 +196,7 @@ def test_rag_chain_invoke_batch_stream_and_ainvoke(rag: InvarRAG) -> None:
 
 
 def test_threads_get_the_serial_results(rag: InvarRAG) -> None:
-    retriever = InvarRetriever(pipeline=rag, k=3)
+    retriever = InvarRetriever(retriever=rag.retriever, k=3)
     serial = [[d.id for d in retriever.invoke(q)] for q in QUERIES]
     with ThreadPoolExecutor(8) as pool:
         threaded = list(pool.map(lambda q: [d.id for d in retriever.invoke(q)], QUERIES))
@@ -168,14 +205,14 @@ def test_threads_get_the_serial_results(rag: InvarRAG) -> None:
 
 def test_async_retrieval_does_not_block_the_event_loop(
         rag: InvarRAG, monkeypatch: pytest.MonkeyPatch) -> None:
-    retriever = InvarRetriever(pipeline=rag, k=2)
-    real = rag.retrieve_batch
+    retriever = InvarRetriever(retriever=rag.retriever, k=2)
+    real = rag.retriever.search
 
-    def slow(queries, k=None):
+    def slow(queries, k):
         time.sleep(0.3)
         return real(queries, k)
 
-    monkeypatch.setattr(rag, "retrieve_batch", slow)
+    monkeypatch.setattr(rag.retriever, "search", slow)
 
     ticks, results = ticks_while([retriever.ainvoke(q) for q in QUERIES[:2]])
     assert ticks >= 10 and all(len(r) == 2 for r in results)

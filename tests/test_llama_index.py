@@ -22,6 +22,7 @@ from llama_index.core.schema import (  # noqa: E402
 )
 from llama_index.core.storage.docstore import SimpleDocumentStore  # noqa: E402
 
+from invar_rag_integrations.data import Passage  # noqa: E402
 from invar_rag_integrations.demo import demo_passages  # noqa: E402
 from invar_rag_integrations.llama_index import (  # noqa: E402
     InvarEmbedding,
@@ -48,11 +49,19 @@ def nodes() -> list[TextNode]:
     return [TextNode(text=p.text, id_=p.id, metadata={"title": p.title}) for p in demo_passages()]
 
 
-def invar_ranking(core: CoreInvarRetriever, nodes: list[TextNode], query: str) -> list[str]:
-    """Node ids by Invar score on the text LlamaIndex embeds (content + title metadata)."""
-    passages = core.embed_passages([n.get_content(MetadataMode.EMBED) for n in nodes])
-    scores = passages @ core.query_vectors([query])[0]
-    return [nodes[i].node_id for i in sorted(range(len(nodes)), key=lambda i: -scores[i])]
+def invar_ranking(core: CoreInvarRetriever, nodes: list[TextNode], query: str,
+                  k: int = 3) -> list[str]:
+    """Node ids by the two-stage Invar search over the text LlamaIndex embeds (content + title
+    metadata), with a separately indexed core retriever."""
+    own = core.unindexed()
+    own.index([Passage(n.node_id, n.get_content(MetadataMode.EMBED)) for n in nodes])
+    return own.search([query], k)[0].ids
+
+
+def reranked(core: CoreInvarRetriever, nodes: list[TextNode], query: str, top_n: int) -> list[str]:
+    """Node ids by the Invar scorer fused with the coarse cosine, over exactly these nodes."""
+    order = core.reranker.rerank(query, [n.get_content(MetadataMode.EMBED) for n in nodes], top_n)
+    return [nodes[i].node_id for i, _ in order]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +86,14 @@ def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
                                                  nodes: list[TextNode]) -> None:
     docstore = SimpleDocumentStore()
     docstore.add_documents(nodes)
-    retriever = InvarRetriever(core, docstore=docstore, similarity_top_k=50)
-    assert len(retriever.retrieve("capital of france")) == len(nodes)  # top_k above the corpus
-    few = InvarRetriever(core, nodes=nodes[:5], similarity_top_k=50)  # same core, own index
-    assert len(few.retrieve("capital of france")) == 5
-    assert len(retriever.retrieve("capital of france")) == len(nodes)
+    depth = core.settings.candidates
+    retriever = InvarRetriever(core, docstore=docstore, similarity_top_k=depth)
+    assert len(retriever.retrieve("capital of france")) == depth
+    few = InvarRetriever(core, nodes=nodes[:2], similarity_top_k=depth)  # same core, own index
+    assert len(few.retrieve("capital of france")) == 2  # top_k above the corpus: all of it
+    assert len(retriever.retrieve("capital of france")) == depth
+    with pytest.raises(ValueError, match="larger than the retriever's candidate depth"):
+        InvarRetriever(core, nodes=nodes, similarity_top_k=depth + 1)
     with pytest.raises(ValueError, match="non-empty"):
         retriever.retrieve("  ")
     with pytest.raises(ValueError, match="similarity_top_k must be a positive integer"):
@@ -91,7 +103,7 @@ def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
     with pytest.raises(TypeError):
         InvarRetriever(core, nodes=nodes, top_k=3)  # unknown keyword
     for wrapper in (InvarReranker, InvarEmbedding, InvarLLM):  # a path, not a loaded object
-        with pytest.raises(TypeError, match=r"must be a loaded \w+ such as .*from_pretrained"):
+        with pytest.raises(TypeError, match=r"must be a loaded [\w ]+ such as .*from_pretrained"):
             wrapper("runs/my_system")
     with pytest.raises(TypeError, match="retriever must be a loaded Retriever such as"):
         InvarRetriever("runs/my_system", nodes=nodes)
@@ -106,7 +118,7 @@ def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(
     assert len(kept) == 2 and kept[0].score >= kept[1].score
     assert {k.node.metadata["retrieval_score"] for k in kept} <= {1.0 + i for i in range(6)}
     assert [k.node.node_id for k in kept] == \
-        invar_ranking(core, nodes[:6], "who discovered penicillin")[:2]
+        reranked(core, nodes[:6], "who discovered penicillin", 2)
     assert all("retrieval_score" not in k.node.get_content(MetadataMode.EMBED) + k.node.get_content(
         MetadataMode.LLM) for k in kept)
     again = reranker.postprocess_nodes(kept, query_str="who discovered penicillin")
@@ -118,18 +130,24 @@ def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(
         InvarReranker(core, top_n=0)
 
 
-def test_embedding_makes_any_vector_store_rank_like_the_invar_retriever(
+def test_embedding_gives_stage1_vectors_and_the_reranker_ranks_the_store_results(
         core: CoreInvarRetriever, retriever: InvarRetriever, nodes: list[TextNode]) -> None:
     embedding = InvarEmbedding(core)
     index = VectorStoreIndex(nodes, embed_model=embedding)
-    for query in QUERIES[:4]:
-        via_store = [r.node.node_id for r in index.as_retriever(similarity_top_k=3).retrieve(query)]
-        assert via_store == [r.node.node_id for r in retriever.retrieve(query)]
     vector = embedding.get_query_embedding("capital of france")
+    assert vector == pytest.approx(core.reranker.coarse(["capital of france"])[0].tolist(),
+                                   abs=1e-6)
     assert len(vector) == len(embedding.get_text_embedding("Paris is a city."))
     assert asyncio.run(embedding.aget_query_embedding("capital of france")) == pytest.approx(vector)
     with pytest.raises(ValueError, match="non-empty"):
         embedding.get_query_embedding("")
+    depth = core.settings.candidates
+    engine_retriever = index.as_retriever(similarity_top_k=depth)
+    for query in QUERIES[:3]:
+        candidates = engine_retriever.retrieve(query)
+        kept = InvarReranker(core, top_n=3).postprocess_nodes(candidates, query_str=query)
+        assert [k.node.node_id for k in kept] == reranked(
+            core, [c.node for c in engine_retriever.retrieve(query)], query, 3)
 
 
 def test_query_engine_answers_with_the_generator_end_to_end(
@@ -148,10 +166,10 @@ def test_query_engine_answers_with_the_generator_end_to_end(
     response = engine.query("who discovered penicillin")
     assert len(response.source_nodes) == 2 and isinstance(response.response, str)
     index = VectorStoreIndex(nodes, embed_model=InvarEmbedding(core))
-    answer = index.as_query_engine(llm=llm, text_qa_template=template,
-                                   similarity_top_k=2).query("who discovered penicillin")
-    assert [n.node.node_id for n in answer.source_nodes] == \
-        [n.node.node_id for n in response.source_nodes]
+    answer = index.as_query_engine(llm=llm, text_qa_template=template, similarity_top_k=4,
+                                   node_postprocessors=[InvarReranker(core, top_n=2)]).query(
+        "who discovered penicillin")
+    assert len(answer.source_nodes) == 2 and isinstance(answer.response, str)
     assert "".join(r.delta for r in llm.stream_complete(prompt)) == llm.complete(prompt).text
     with pytest.raises(ValueError, match=r"unknown generation arguments \['temperature'\]"):
         llm.complete(prompt, temperature=0.5)

@@ -114,14 +114,20 @@ def test_total_loss_weights_and_ablation_switches():
         InvarRetrievalLoss(use_nce=False, use_align=False, use_invar=False)
 
 
-def test_total_loss_uses_the_wider_in_batch_scores_for_nce_when_given():
-    scores, mask = t([[2.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)
-    positives = torch.tensor([[True, False]])
-    wide = t([[2.0, 0.0, 1.0]])  # a third, in-batch passage
-    loss = InvarRetrievalLoss(use_align=False, use_invar=False)
-    out = loss(scores, mask, positives, nce_scores=wide, nce_mask=torch.ones(1, 3, dtype=bool),
-               nce_positives=torch.tensor([[True, False, False]]))
-    expected = -(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(1.0)))
-    assert out["nce"].item() == pytest.approx(expected, abs=1e-5)
-    with pytest.raises(ValueError, match="nce_mask"):
-        loss(scores, mask, positives, nce_scores=wide)
+def test_generative_term_is_the_mean_question_likelihood_of_the_positives():
+    scores, mask = t([[2.0, 0.0, 1.0]]), torch.tensor([[True, True, False]])
+    positives = torch.tensor([[True, False, True]])  # the third is padding: ignored
+    r = t([[-1.5, -0.5, -9.0]]).requires_grad_()
+    out = InvarRetrievalLoss(use_nce=False, use_align=False, use_invar=False, gamma=2.0)(
+        scores, mask, positives, question_logprobs=r)
+    assert out["gen"].item() == pytest.approx(1.5) and out["loss"].item() == pytest.approx(3.0)
+    out["loss"].backward()
+    assert r.grad.tolist() == [[-2.0, 0.0, 0.0]]  # raises r of the positive only
+    none = InvarRetrievalLoss(use_align=False, use_invar=False, gamma=1.0)(
+        scores, mask, torch.zeros(1, 3, dtype=torch.bool), question_logprobs=r)
+    assert none["gen"].item() == 0.0
+    with pytest.raises(ValueError, match="question_logprobs"):
+        InvarRetrievalLoss(use_nce=False, use_align=False, use_invar=False, gamma=1.0)(
+            scores, mask, positives)
+    with pytest.raises(ValueError, match="gamma"):
+        InvarRetrievalLoss(gamma=-1.0)

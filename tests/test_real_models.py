@@ -41,6 +41,28 @@ def test_minilm_loads_offline_and_retrieves_demo_gold_passages(minilm):
     assert sum(r.ids[0] in q.gold_passage_ids for q, r in zip(questions, results)) >= 9
 
 
+def test_zero_shot_scorer_ranks_the_answer_passage_first_and_bf16_ranks_like_float32():
+    from invar_rag_integrations.retrieval import InvarRetriever
+    from invar_rag_integrations.retrieval.scorer import InvarScorer, cpu_has_fast_bf16
+
+    retriever = InvarRetriever.zero_shot(precision="float32", show_progress=False)
+    passages = {p.id: p for p in demo_passages()}
+    hits = 0
+    for question in demo_questions():
+        gold = passages[question.gold_passage_ids[0]]
+        others = [p for p in passages.values() if p.id not in question.gold_passage_ids][:3]
+        scores = retriever.scorer.score(question.question, [gold, *others])
+        hits += int(scores.argmax() == 0)
+    assert hits >= 8  # of 10: the passage holding the answer reads as the likeliest source
+    if cpu_has_fast_bf16():  # where bf16 is the automatic choice, it must rank the same
+        scorer = retriever.scorer
+        bf16 = InvarScorer(scorer.lm, scorer.tokenizer, scorer.settings, precision="bfloat16")
+        question = demo_questions()[0]
+        candidates = list(passages.values())[:10]
+        assert (bf16.score(question.question, candidates).argsort()[-3:]
+                == scorer.score(question.question, candidates).argsort()[-3:]).all()
+
+
 def test_smollm2_converts_once_and_the_demo_runs_the_shipped_system(capsys):
     from invar_rag_integrations.demo.run import run_demo
 
@@ -61,7 +83,7 @@ def test_shipped_system_answers_with_sources_streams_and_cuts_long_questions():
     size = sum(f.stat().st_size for f in SHIPPED_SYSTEM.rglob("*") if f.is_file())
     assert size <= 15 * 2**20
     rag = InvarRAG.from_pretrained(SHIPPED_SYSTEM, corpus=demo_passages())
-    assert rag.generator.model is rag.retriever.encoder.lm  # one base model, two adapters
+    assert rag.generator.model is rag.retriever.scorer.lm  # one base model, two adapters
     python = demo_questions()[3]  # one the shipped system answers (make demo: 7/10)
     answer = rag.answer(python.question)
     assert answer.text in python.answers

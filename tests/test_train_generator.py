@@ -108,7 +108,7 @@ def tiny_system(tmp_path: Path, retriever_config: Callable[..., Path]) -> Path:
     """A tiny trained retriever system (indexed over the test corpus)."""
     from invar_rag_integrations.cli import main as cli
 
-    cli(["train-retriever", str(retriever_config(tmp_path, fusion_betas=[1.0]))])
+    cli(["train-retriever", str(retriever_config(tmp_path))])
     return tmp_path / "system"
 
 
@@ -137,7 +137,7 @@ def test_driver_trains_resumes_and_invar_rag_answers_with_sources(
 
     rag = InvarRAG.from_pretrained(tiny_system)
     lm = rag.generator.model
-    assert lm is rag.retriever.encoder.lm  # one copy of the base model, two adapters
+    assert lm is rag.retriever.scorer.lm  # one copy of the base model, two adapters
     assert set(lm.peft_config) == {"retriever", "generator"}
     assert not any(p.requires_grad for p in lm.parameters())
 

@@ -20,7 +20,12 @@ from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.models import load_base_lm
 from training.candidates import mine_candidates, resize_context
 from training.lsr import LSRScorer, lsr_cache_file, lsr_prompt
-from training.retriever_data import make_variants, select_questions
+from training.retriever_data import (
+    candidate_set,
+    make_variants,
+    passage_view,
+    select_questions,
+)
 from training.train_retriever import parse_arguments
 from training.trainer_utils import last_complete_checkpoint
 
@@ -65,15 +70,27 @@ def test_context_resizing_keeps_the_answer_in_the_window() -> None:
 
 
 def test_variants_are_seeded_and_ordered() -> None:
-    views = make_variants("who discovered penicillin", ["prefix", "typo", "wh_end"], 2, [64, 32],
+    views = make_variants("who discovered penicillin", ["prefix", "typo", "wh_end"], 2, [32],
                           seed=0, paraphrases=["which person found penicillin"])
-    assert [v.kind for v in views][0] == "original" and views[0].context_words == 64
+    assert views[0].kind == "original" and views[0].context_words == 0
     assert [v.kind for v in views][-2:] == ["paraphrase", "context32"]
-    assert views[-1].query == "who discovered penicillin"
+    assert views[-1].query == "who discovered penicillin" and views[-1].context_words == 32
     assert len(views) == 5
     assert views == make_variants("who discovered penicillin", ["prefix", "typo", "wh_end"], 2,
-                                  [64, 32], seed=0,
-                                  paraphrases=["which person found penicillin"])
+                                  [32], seed=0, paraphrases=["which person found penicillin"])
+
+
+def test_candidate_sets_keep_stage1_order_add_gold_and_mark_answer_positives() -> None:
+    question = Question("q", "who discovered penicillin", ("Fleming",), "nq", ("g",))
+    got = candidate_set(question, ["b", "a", "c"], PASSAGES, 3)
+    assert got.ids == ["b", "a", "g"] and got.positives == [False, True, True]
+    found = candidate_set(question, ["g", "b", "c", "a"], PASSAGES, 3)
+    assert found.ids == ["g", "b", "c"] and found.positives == [True, False, False]
+    no_gold = Question("q", "who discovered penicillin", ("Fleming",), "freebaseqa")
+    assert candidate_set(no_gold, ["b", "a"], PASSAGES, 3).positives == [False, True]
+    view = passage_view(PASSAGES["g"], ["Fleming"], 0)
+    assert view == "Fleming. Alexander Fleming discovered penicillin in 1928."
+    assert passage_view(PASSAGES["g"], ["1928"], 2) == "Fleming. in 1928."
 
 
 def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
@@ -116,7 +133,7 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_driver_trains_saves_indexes_and_tunes_beta(
+def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
         tmp_path: Path, retriever_config: Callable[..., Path], odqa_dir: Path) -> None:
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.retrieval import make_retriever
@@ -126,13 +143,18 @@ def test_driver_trains_saves_indexes_and_tunes_beta(
     system = tmp_path / "system"
     manifest = json.loads((system / "invar_rag.json").read_text())
     metrics = manifest["metrics"]["retriever"]
-    questions, _ = select_questions(["nq", "squad", "popqa_longtail", "freebaseqa"],
-                                    [2, 2, 1, 2], 1, 42, str(odqa_dir))
+    questions, tune = select_questions(["nq", "squad", "popqa_longtail", "freebaseqa"],
+                                       [2, 2, 1, 2], 1, 42, str(odqa_dir))
     assert metrics["train_examples"] == len(questions) and metrics["train_samples_per_second"] > 0
-    assert set(metrics["fusion_beta_search"]) == {"0.0", "5.0"}
-    assert manifest["retriever"]["settings"]["beta"] in (0.0, 5.0)
+    curve = metrics["tuning_curve"]
+    assert tune and curve[0]["step"] == 0 and [r["step"] for r in curve] == sorted(
+        r["step"] for r in curve)
+    best = max(curve, key=lambda r: (r["mean"], -r["step"]))
+    assert metrics["best_step"] == best["step"]
+    assert manifest["retriever"]["adapter"] == "retriever"
     assert manifest["training"]["retriever"]["loss"]["use_invar"] is True
-    assert (system / "lsr_cache").is_dir() and (system / "index" / "index.faiss").is_file()
+    assert (system / "index" / "passages.jsonl").is_file()
+    assert list((Path(os.environ["INVAR_RAG_CACHE"]) / "lsr").glob("lsr-*.jsonl"))
     retriever = make_retriever(str(system))
     assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
 
@@ -143,7 +165,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from training import retriever_trainer, train_retriever
 
-    real_forward = retriever_trainer.RetrieverTrainingModel.forward
+    real_forward = retriever_trainer.ScorerTrainingModel.forward
     steps = []
 
     def poisoned(self, **batch):
@@ -152,7 +174,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
             batch["lm_logprobs"] = batch["lm_logprobs"] * float("nan")
         return real_forward(self, **batch)
 
-    monkeypatch.setattr(retriever_trainer.RetrieverTrainingModel, "forward", poisoned)
+    monkeypatch.setattr(retriever_trainer.ScorerTrainingModel, "forward", poisoned)
     config = retriever_config(tmp_path)
     with pytest.raises(SystemExit, match="training stopped at step 3: non-finite .*"
                                          "Last good checkpoint: .*checkpoint-2"):
@@ -207,7 +229,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path,
     state = json.loads((Path(last_complete_checkpoint(tmp_path / "system"))
                         / "trainer_state.json").read_text())
     assert state["global_step"] == 4  # 6-7 examples, 2 processes x batch 2, 2 epochs
-    assert (tmp_path / "system" / "index" / "index.faiss").is_file()
+    assert (tmp_path / "system" / "index" / "stage1").is_dir()
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("retriever_*.json")),
@@ -216,36 +238,55 @@ def test_shipped_configs_parse(config: Path) -> None:
     gpu_only = "gpu" in config.name and not torch.cuda.is_available()
     flags = ["--bf16", "false"] if gpu_only else []  # bf16 is refused without a GPU
     model, data, loss, train = parse_arguments([str(config), *flags])
-    model.settings()  # representation settings are valid
+    model.settings()  # retriever settings are valid
     assert len(data.train_datasets) == len(data.questions_per_dataset)
 
 
-def test_training_fusion_beta_adds_the_coarse_score(tiny_lm_dir: Path,
-                                                    tiny_encoder_dir: Path) -> None:
-    from invar_rag_integrations.models import load_coarse_encoder
-    from invar_rag_integrations.retrieval.invar import (
-        InvarEncoder,
-        InvarSettings,
-        add_retriever_adapter,
-    )
-    from training.losses import InvarRetrievalLoss
-    from training.retriever_trainer import RetrieverTrainingModel
+def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
+                                                  tiny_encoder_dir: Path) -> None:
+    from peft import get_peft_model
 
-    lm, tokenizer = load_base_lm(str(tiny_lm_dir))
-    settings = InvarSettings(projector_hidden=16, lora_r=4)
-    encoder = InvarEncoder(add_retriever_adapter(lm, settings), tokenizer,
-                           load_coarse_encoder(str(tiny_encoder_dir)), settings)
-    query = torch.nn.functional.normalize(torch.randn(1, 1, 32), dim=-1)
-    other = torch.nn.functional.normalize(torch.randn(1, 1, 32), dim=-1)
-    batch = {"variants": [["who discovered penicillin"]], "variant_coarse": query,
-             "candidate_ids": [["g", "b"]], "candidate_texts": [["x", "y"]],
-             "candidate_coarse": torch.cat([query, other], dim=1),
-             "mask": torch.ones(1, 2, dtype=torch.bool),
-             "positives": torch.tensor([[True, False]]), "lm_logprobs": torch.zeros(1, 1, 2)}
-    loss = InvarRetrievalLoss(use_align=False, use_invar=False)
-    plain = RetrieverTrainingModel(encoder, loss, fusion_beta=0.0)(**batch)["nce"]
-    fused = RetrieverTrainingModel(encoder, loss, fusion_beta=200.0)(**batch)["nce"]
-    assert plain.item() > 0.01 and fused.item() < 1e-6  # the gold passage's coarse vector wins
+    from invar_rag_integrations.models.adapters import lora_config
+    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+    from training.losses import InvarRetrievalLoss
+    from training.retriever_trainer import ScorerTrainingModel
+
+    retriever = InvarRetriever.zero_shot(
+        str(tiny_lm_dir), str(tiny_encoder_dir),
+        InvarSettings(candidates=4, cos_weight=0.3, bm25_weight=0.7), precision="float32",
+        show_progress=False)
+    retriever.index(list(PASSAGES.values()))
+    scorer = retriever.scorer
+    scorer.lm = get_peft_model(scorer.lm, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+                               adapter_name="retriever")
+    scorer.adapter = "retriever"
+    with torch.no_grad():  # a LoRA away from zero, so the adapter matters
+        for name, parameter in scorer.lm.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05)
+    query = "who discovered penicillin"
+    [served] = retriever.search([query], 4)
+    model = ScorerTrainingModel(retriever.reranker, InvarRetrievalLoss(use_invar=False), True, 3)
+    reranker = retriever.reranker
+    views = [[passage_view(retriever.passages[i], (), 0) for i in served.ids]]
+    batch = {"query_coarse": torch.from_numpy(reranker.coarse([query]))[None],
+             "passage_coarse": torch.from_numpy(reranker.coarse(
+                 [retriever.passages[i].full_text() for i in served.ids]))[None],
+             "bm25": torch.from_numpy(np.stack(retriever.bm25_term([query], [served.ids])))[None],
+             "mask": torch.ones(1, 4, dtype=torch.bool)}
+    assert batch["bm25"].max() > 0  # the BM25 term takes part
+    r = model.lm_scores([[query]], [views], batch["mask"], batch["query_coarse"],
+                        batch["passage_coarse"])
+    cosine = torch.einsum("bvd,bcd->bvc", batch["query_coarse"], batch["passage_coarse"])
+    trained = model.weights(r, cosine, batch["bm25"])[0, 0]
+    assert np.allclose(trained.detach().numpy(), served.scores, atol=1e-4)
+    out = model(variants=[[query]], views=[views], positives=torch.tensor([[True, False] * 2]),
+                lm_logprobs=torch.zeros(1, 1, 4), **batch)
+    out["loss"].backward()
+    assert model.weights.cos_weight.grad is not None
+    assert model.weights.bm25_weight.grad is not None
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None for p in lora)
 
 
 def test_lm_paraphrases_give_variants_per_question(tiny_lm_dir: Path) -> None:
@@ -257,3 +298,44 @@ def test_lm_paraphrases_give_variants_per_question(tiny_lm_dir: Path) -> None:
     got = lm_paraphrases(["who discovered penicillin", "capital of france"],
                          HFGenerator(lm, tokenizer), 2)
     assert len(got) == 2 and all(len(p) <= 2 and all(t.strip() for t in p) for p in got)
+
+
+@pytest.mark.slow
+def test_gpu_config_runs_one_step_on_the_tiny_model(tmp_path: Path, tiny_lm_dir: Path,
+                                                    tiny_encoder_dir: Path,
+                                                    odqa_dir: Path) -> None:
+    """The paper-scale config (the same driver under torchrun / accelerate) on CPU, one step."""
+    from training import train_retriever
+
+    config = ROOT / "training" / "configs" / "retriever_llama2_7b_gpu.json"
+    (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | shakespeare\n")
+    system = train_retriever.main([
+        str(config), "--base_model", str(tiny_lm_dir), "--coarse_encoder", str(tiny_encoder_dir),
+        "--data_dir", str(odqa_dir), "--output_dir", str(tmp_path / "gpu"), "--bf16", "false",
+        "--precision", "float32", "--max_steps", "1", "--dataloader_num_workers", "0",
+        "--eval_every", "1", "--lsr_cache_dir", str(tmp_path / "lsr")])
+    manifest = json.loads((system / "invar_rag.json").read_text())
+    assert manifest["retriever"]["settings"]["candidates"] == 50
+    assert [r["step"] for r in manifest["metrics"]["retriever"]["tuning_curve"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_frozen_lm_trains_the_head_on_cached_outputs(
+        tmp_path: Path, retriever_config: Callable[..., Path]) -> None:
+    from invar_rag_integrations.retrieval import make_retriever
+    from training import train_retriever
+
+    config = retriever_config(tmp_path, train_lora=False, head=True, num_train_epochs=3,
+                              learning_rate=0.05)
+    system = train_retriever.main([str(config)])
+    manifest = json.loads((system / "invar_rag.json").read_text())
+    assert manifest["retriever"]["adapter"] is None
+    assert manifest["retriever"]["head"] == "head.safetensors"
+    curve = manifest["metrics"]["retriever"]["tuning_curve"]
+    assert [r["step"] for r in curve] == [0, 1, 2, 3] and all("loss" in r for r in curve[1:])
+    retriever = make_retriever(str(system))
+    assert retriever.scorer.head is not None and retriever.scorer.adapter is None
+    assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
+    again = train_retriever.main([str(config), "--output_dir", str(tmp_path / "again")])
+    assert json.loads((again / "invar_rag.json").read_text())["retriever"]["hash"] == \
+        manifest["retriever"]["hash"]  # cached outputs, seeded: the same head

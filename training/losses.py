@@ -1,8 +1,9 @@
 """Retrieval-stage losses of Invar-RAG as ``nn.Module``s (DESIGN.md §2).
 
 Shapes: ``B`` queries, ``C`` candidates per query (padded; ``mask`` marks the real ones) and
-``V`` variants per query. Retriever scores are ``s(q, d) = cos(u(q), v(d)) / tau`` and
-``P_R(.|q) = softmax_C(s)``; LM scores are ``log P_LM(answer | passage, query)``.
+``V`` variants per query. Retriever scores are the fused ``s(q, d)`` of
+:func:`invar_rag_integrations.retrieval.fused_score` and ``P_R(.|q) = softmax_C(s)``; LM scores
+are ``log P_LM(answer | passage, query)``.
 """
 
 from __future__ import annotations
@@ -126,54 +127,70 @@ class InvarianceLoss(nn.Module):
         return fit + self.mu * torch.stack(pairs).mean()
 
 
+class QuestionLikelihoodLoss(nn.Module):
+    """``L_gen``: the generative objective, ``-r(q, d+)`` averaged over positive candidates.
+
+    ``r`` is the scorer's length-normalised log-likelihood of the question after the passage
+    prompt, so this keeps the LM a question model of relevant passages (UPR's score made
+    likelier where it should be high). Queries without positives add nothing.
+    Reference: query likelihood retrieval (Ponte & Croft 1998; UPR, Sachan et al. 2022).
+    """
+
+    def forward(self, question_logprobs: Tensor, positives: Tensor, mask: Tensor) -> Tensor:
+        """Args: question_logprobs ``[B, C]`` (``r``); positives, mask ``[B, C]`` bool."""
+        positives = positives & mask
+        if not positives.any():
+            return question_logprobs.sum() * 0.0
+        return -question_logprobs[positives].mean()
+
+
 class InvarRetrievalLoss(nn.Module):
-    """``L = L_nce + alpha * L_align + lambda * L_invar``; each term can be switched off.
+    """``L = L_nce + alpha * L_align + lambda * L_invar + gamma * L_gen``; each term can be
+    switched off (``gamma = 0`` switches ``L_gen`` off).
 
     Args:
         alpha: Weight of ``L_align``.
         lam: Weight of ``L_invar``.
+        gamma: Weight of ``L_gen`` (:class:`QuestionLikelihoodLoss`).
         beta, kappa, mu: See :class:`LSRAlignmentLoss` and :class:`InvarianceLoss`.
         use_nce, use_align, use_invar: Ablation switches.
     """
 
     def __init__(self, alpha: float = 1.0, lam: float = 1.0, beta: float = 1.0,
                  kappa: float = 1.0, mu: float = 0.1, use_nce: bool = True,
-                 use_align: bool = True, use_invar: bool = True):
+                 use_align: bool = True, use_invar: bool = True, gamma: float = 0.0):
         super().__init__()
-        if not (use_nce or use_align or use_invar):
-            raise ValueError("at least one of use_nce, use_align, use_invar must be on")
-        self.alpha, self.lam = alpha, lam
+        if not (use_nce or use_align or use_invar or gamma > 0):
+            raise ValueError("at least one of use_nce, use_align, use_invar, gamma > 0 must be on")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.alpha, self.lam, self.gamma = alpha, lam, gamma
         self.nce = InfoNCELoss() if use_nce else None
         self.align = LSRAlignmentLoss(beta) if use_align else None
         self.invar = InvarianceLoss(beta, kappa, mu) if use_invar else None
+        self.gen = QuestionLikelihoodLoss() if gamma > 0 else None
 
     def forward(self, scores: Tensor, mask: Tensor, positives: Tensor | None = None,
                 lm_logprobs: Tensor | None = None, variant_scores: Tensor | None = None,
-                variant_lm_logprobs: Tensor | None = None, nce_scores: Tensor | None = None,
-                nce_mask: Tensor | None = None,
-                nce_positives: Tensor | None = None) -> dict[str, Tensor]:
+                variant_lm_logprobs: Tensor | None = None,
+                question_logprobs: Tensor | None = None) -> dict[str, Tensor]:
         """Return ``{"loss", and each active term}``.
 
         Args:
-            scores: ``[B, C]`` retriever scores of the original queries.
+            scores: ``[B, C]`` retriever scores ``s`` of the original queries.
             mask: ``[B, C]`` real candidates.
-            positives: ``[B, C]`` gold passages (for ``L_nce``).
+            positives: ``[B, C]`` relevant passages (for ``L_nce`` and ``L_gen``).
             lm_logprobs: ``[B, C]`` LM answer log-likelihoods (for ``L_align``).
             variant_scores, variant_lm_logprobs: ``[B, V, C]`` (for ``L_invar``).
-            nce_scores, nce_mask, nce_positives: ``[B, C']`` scores over a wider candidate set
-                (e.g. with in-batch negatives) for ``L_nce`` instead of ``scores``.
+            question_logprobs: ``[B, C]`` the scorer's ``r`` (for ``L_gen``).
         """
         terms: dict[str, Tensor] = {}
         total = scores.new_zeros(())
+        if self.nce is not None or self.gen is not None:
+            if positives is None:
+                raise ValueError("L_nce / L_gen are on but no positives were given")
         if self.nce is not None:
-            if nce_scores is not None:
-                if nce_mask is None or nce_positives is None:
-                    raise ValueError("nce_scores need nce_mask and nce_positives")
-                terms["nce"] = self.nce(nce_scores, nce_positives, nce_mask)
-            elif positives is None:
-                raise ValueError("L_nce is on but no positives were given")
-            else:
-                terms["nce"] = self.nce(scores, positives, mask)
+            terms["nce"] = self.nce(scores, positives, mask)
             total = total + terms["nce"]
         if self.align is not None:
             if lm_logprobs is None:
@@ -185,4 +202,9 @@ class InvarRetrievalLoss(nn.Module):
                 raise ValueError("L_invar is on but variant scores/lm_logprobs were not given")
             terms["invar"] = self.invar(variant_scores, variant_lm_logprobs, mask)
             total = total + self.lam * terms["invar"]
+        if self.gen is not None:
+            if question_logprobs is None:
+                raise ValueError("L_gen is on but no question_logprobs were given")
+            terms["gen"] = self.gen(question_logprobs, positives, mask)
+            total = total + self.gamma * terms["gen"]
         return {"loss": total, **terms}

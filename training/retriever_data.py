@@ -1,9 +1,10 @@
-"""Retriever training data: questions, query/context variants, candidates and LSR scores.
+"""Scorer training data: questions, candidate sets, query / context variants and LSR scores.
 
-An example holds, for one question, ``V`` variants (variant 0 is the original query with the
-default context size; then query rewrites; then context resizings of the original query),
-``C`` candidate passages with their positive flags, and ``log P_LM(answer | passage, query)``
-for every variant x candidate (``[V][C]``).
+An example holds, for one question, ``V`` variants (variant 0 is the original query reading the
+passages as served; then query rewrites and paraphrases; then context resizings of the original
+query), ``C`` stage-1 candidates (gold passages added where known) with their positive flags,
+and, for every variant x candidate (``[V][C]``), ``log P_LM(answer | passage view, query)``
+and the BM25 feature (added by the driver when stage 1 has BM25; zeros otherwise).
 """
 
 from __future__ import annotations
@@ -19,21 +20,34 @@ import torch
 
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.evaluation.datasets import ODQA_DATASETS, freebaseqa, odqa_questions
+from invar_rag_integrations.evaluation.metrics import has_answer
+from invar_rag_integrations.retrieval.scorer import passage_text
 
-from .candidates import Candidates, resize_context
+from .candidates import resize_context
 from .lsr import LSRScorer, lsr_prompt
 from .query_variants import rewrite
 
 TRAIN_SOURCES = (*ODQA_DATASETS, "freebaseqa")
+LSR_SERVED_WORDS = 100  # the LM answers from a passage's first words, about what the scorer reads
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One view of a question: the query text and the context size the LM sees."""
+    """One view of a question: the query text and the passage words shown (0 = the passage as
+    served)."""
 
     kind: str
     query: str
-    context_words: int
+    context_words: int = 0
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """A question's candidates (stage 1's order, gold passages added) and which are positive
+    (gold, or containing an answer by the evaluation's ``has_answer`` rule)."""
+
+    ids: list[str]
+    positives: list[bool]
 
 
 def _shuffled(items: list[Question], seed: int, salt: str) -> list[Question]:
@@ -45,12 +59,12 @@ def _shuffled(items: list[Question], seed: int, salt: str) -> list[Question]:
 
 
 def select_questions(sources: Sequence[str], counts: Sequence[int], tune_count: int, seed: int,
-                     data_dir: str | None = None) -> tuple[list[Question], list[Question]]:
-    """``(training, tuning)`` questions; both from the ``train`` split (never validation).
-
-    ODQA datasets give ``counts[i]`` training questions and ``tune_count`` disjoint tuning
-    questions (for choosing the fusion weight); FreebaseQA gives training questions only.
-    """
+                     data_dir: str | None = None,
+                     split: str = "fit") -> tuple[list[Question], list[Question]]:
+    """``(training, tuning)`` questions: ``counts[i]`` training ones of each source from
+    ``split`` (``fit`` = training questions outside the tuning slice; ``train`` = all of them)
+    or FreebaseQA, and ``tune_count`` tuning ones per ODQA source from the ``tune`` split;
+    never validation. A count of -1 takes every question of its source."""
     if len(sources) != len(counts):
         raise ValueError(f"train_datasets ({len(sources)}) and questions_per_dataset "
                          f"({len(counts)}) must have the same length")
@@ -59,29 +73,49 @@ def select_questions(sources: Sequence[str], counts: Sequence[int], tune_count: 
         raise ValueError(f"unknown training datasets {unknown}; known: {', '.join(TRAIN_SOURCES)}")
     train, tune = [], []
     for source, count in zip(sources, counts):
-        if source == "freebaseqa":
-            train.extend(_shuffled(freebaseqa(data=data_dir), seed, source)[:count])
-            continue
-        pool = _shuffled(odqa_questions("train", [source], data=data_dir), seed, source)
-        train.extend(pool[:count])
-        tune.extend(pool[count : count + tune_count])
+        pool = freebaseqa(data=data_dir) if source == "freebaseqa" else \
+            odqa_questions(split, [source], data=data_dir)
+        train.extend(_shuffled(pool, seed, source)[: None if count < 0 else count])
+        if source != "freebaseqa" and tune_count:
+            tune.extend(_shuffled(odqa_questions("tune", [source], data=data_dir), seed,
+                                  source)[:tune_count])
     return train, tune
+
+
+def candidate_set(question: Question, ranking: Sequence[str], passages: Mapping[str, Passage],
+                  depth: int) -> CandidateSet:
+    """Stage 1's top ``depth``, with the question's gold passages put in place of the lowest
+    ranked others when stage 1 missed them."""
+    ids = list(ranking[:depth])
+    missing = [g for g in question.gold_passage_ids if g in passages and g not in ids][:depth]
+    if missing:
+        ids = ids[: depth - len(missing)] + missing
+    positives = [pid in question.gold_passage_ids
+                 or has_answer(question.answers, passages[pid].full_text()) for pid in ids]
+    return CandidateSet(ids, positives)
 
 
 def make_variants(question: str, rewrite_kinds: Sequence[str], num_rewrites: int,
                   context_words: Sequence[int], seed: int,
                   paraphrases: Sequence[str] = ()) -> list[Variant]:
-    """Variant 0 (original query, ``context_words[0]``), rewrites, paraphrases, resizings."""
-    if not context_words:
-        raise ValueError("context_words needs at least one size")
+    """Variant 0 (the original query), ``num_rewrites`` seeded rewrites, paraphrases, then one
+    context resizing of the original query per entry of ``context_words``."""
     rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}|{question}".encode())
                                        .digest()[:8], "big"))
     kinds = rng.sample(list(rewrite_kinds), min(num_rewrites, len(rewrite_kinds)))
-    size = context_words[0]
-    return ([Variant("original", question, size)]
-            + [Variant(kind, rewrite(question, kind, seed), size) for kind in kinds]
-            + [Variant("paraphrase", text, size) for text in paraphrases]
-            + [Variant(f"context{words}", question, words) for words in context_words[1:]])
+    return ([Variant("original", question)]
+            + [Variant(kind, rewrite(question, kind, seed)) for kind in kinds]
+            + [Variant("paraphrase", text) for text in paraphrases]
+            + [Variant(f"context{words}", question, words) for words in context_words])
+
+
+def passage_view(passage: Passage, answers: Sequence[str], words: int) -> str:
+    """The text of a passage in one variant: as the scorer serves it (``words = 0``), or an
+    answer-centred window of ``words`` words (context resizing)."""
+    if not words:
+        return passage_text(passage)
+    window = resize_context(passage, answers, words)
+    return window.replace("\n", ". ", 1) if passage.title else window
 
 
 def lm_paraphrases(questions: Sequence[str], generator: Any, count: int) -> list[list[str]]:
@@ -94,10 +128,10 @@ def lm_paraphrases(questions: Sequence[str], generator: Any, count: int) -> list
     return [[t for t in texts[i * count : (i + 1) * count] if t] for i in range(len(questions))]
 
 
-def build_examples(questions: Sequence[Question], candidates: Sequence[Candidates],
+def build_examples(questions: Sequence[Question], candidates: Sequence[CandidateSet],
                    variants: Sequence[Sequence[Variant]], passages: Mapping[str, Passage],
                    scorer: LSRScorer) -> list[dict[str, Any]]:
-    """Score every variant x candidate with the LM and assemble the training examples.
+    """Score every variant x candidate with the LM (LSR) and assemble the training examples.
 
     Questions whose candidate set is empty are left out (the caller reports how many).
     """
@@ -106,7 +140,8 @@ def build_examples(questions: Sequence[Question], candidates: Sequence[Candidate
         start = len(pairs)
         for view in views:
             for pid in cands.ids:
-                context = resize_context(passages[pid], question.answers, view.context_words)
+                context = resize_context(passages[pid], question.answers, view.context_words) \
+                    if view.context_words else resize_context(passages[pid], (), LSR_SERVED_WORDS)
                 pairs.append((lsr_prompt(context, view.query), question.answers[0]))
         spans.append((start, len(pairs)))
     scores = scorer.score(pairs)
@@ -116,21 +151,24 @@ def build_examples(questions: Sequence[Question], candidates: Sequence[Candidate
             continue
         grid = scores[start:stop].reshape(len(views), len(cands.ids))
         examples.append({"id": question.id, "dataset": question.dataset,
+                         "answers": list(question.answers),
                          "variants": [v.query for v in views],
                          "variant_kinds": [v.kind for v in views],
+                         "context_words": [v.context_words for v in views],
                          "candidate_ids": list(cands.ids), "positives": list(cands.positives),
                          "lm_logprobs": grid.tolist()})
     return examples
 
 
 class RetrieverDataset(torch.utils.data.Dataset):
-    """Examples with their coarse vectors attached, as the training model consumes them.
+    """Examples with each variant's passage views and coarse cosines, as the training model
+    consumes them.
 
     Args:
         examples: From :func:`build_examples`.
         query_coarse: Coarse vector of every variant text.
         passage_coarse: Coarse vector of every candidate passage id.
-        passages: The corpus by id (texts are passed on for ``doc_input`` with text).
+        passages: The corpus by id.
     """
 
     def __init__(self, examples: list[dict[str, Any]], query_coarse: Mapping[str, np.ndarray],
@@ -145,10 +183,11 @@ class RetrieverDataset(torch.utils.data.Dataset):
         ex = self.examples[index]
         return {
             "variants": ex["variants"],
-            "variant_coarse": np.stack([self.query_coarse[v] for v in ex["variants"]]),
-            "candidate_ids": ex["candidate_ids"],
-            "candidate_texts": [self.passages[p].full_text() for p in ex["candidate_ids"]],
-            "candidate_coarse": np.stack([self.passage_coarse[p] for p in ex["candidate_ids"]]),
+            "views": [[passage_view(self.passages[p], ex["answers"], words)
+                       for p in ex["candidate_ids"]] for words in ex["context_words"]],
+            "query_coarse": np.stack([self.query_coarse[v] for v in ex["variants"]]),
+            "passage_coarse": np.stack([self.passage_coarse[p] for p in ex["candidate_ids"]]),
+            "bm25": np.asarray(ex["bm25"], dtype=np.float32),
             "positives": ex["positives"],
             "lm_logprobs": np.asarray(ex["lm_logprobs"], dtype=np.float32),
         }
@@ -159,23 +198,22 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     variants = {len(it["variants"]) for it in items}
     if len(variants) != 1:
         raise ValueError(f"examples in a batch have different variant counts {sorted(variants)}")
-    width = max(len(it["candidate_ids"]) for it in items)
-    batch, dim = len(items), items[0]["candidate_coarse"].shape[1]
-    count = variants.pop()
+    width = max(len(it["positives"]) for it in items)
+    batch, count = len(items), variants.pop()
+    dim = items[0]["passage_coarse"].shape[1]
     mask = torch.zeros(batch, width, dtype=torch.bool)
     positives = torch.zeros(batch, width, dtype=torch.bool)
     lm = torch.zeros(batch, count, width)
-    coarse = torch.zeros(batch, width, dim)
+    bm25 = torch.zeros(batch, count, width)
+    passage_coarse = torch.zeros(batch, width, dim)
     for i, it in enumerate(items):
-        c = len(it["candidate_ids"])
+        c = len(it["positives"])
         mask[i, :c] = True
         positives[i, :c] = torch.tensor(it["positives"])
         lm[i, :, :c] = torch.from_numpy(it["lm_logprobs"])
-        coarse[i, :c] = torch.from_numpy(it["candidate_coarse"])
-    return {
-        "variants": [it["variants"] for it in items],
-        "variant_coarse": torch.from_numpy(np.stack([it["variant_coarse"] for it in items])),
-        "candidate_ids": [it["candidate_ids"] for it in items],
-        "candidate_texts": [it["candidate_texts"] for it in items],
-        "candidate_coarse": coarse, "mask": mask, "positives": positives, "lm_logprobs": lm,
-    }
+        bm25[i, :, :c] = torch.from_numpy(it["bm25"])
+        passage_coarse[i, :c] = torch.from_numpy(it["passage_coarse"])
+    return {"variants": [it["variants"] for it in items], "views": [it["views"] for it in items],
+            "query_coarse": torch.from_numpy(np.stack([it["query_coarse"] for it in items])),
+            "passage_coarse": passage_coarse, "bm25": bm25, "mask": mask, "positives": positives,
+            "lm_logprobs": lm}

@@ -91,7 +91,7 @@ def load_retriever(system: SystemArguments, passages: list) -> tuple[Any, Any, A
             raise ValueError(f"{folder} holds no trained retriever; train one first "
                              "(invar-rag train-retriever) or name a retriever")
         retriever = InvarRetriever.from_pretrained(folder)
-        lm, tokenizer = retriever.encoder.lm, retriever.encoder.tokenizer
+        lm, tokenizer = retriever.scorer.lm, retriever.scorer.tokenizer
     else:
         retriever = make_retriever(system.retriever)
         base = read_manifest(folder)["base_model"]["name"] if is_system_dir(folder) \
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # 3. questions: the train split of each dataset (the validation carve-out is never used)
     questions, _ = select_questions(data.train_datasets, data.questions_per_dataset, 0,
-                                    train_args.seed, data.data_dir)
+                                    train_args.seed, data.data_dir, split="train")
     if not questions:
         raise ValueError("no training questions: check train_datasets and questions_per_dataset")
 

@@ -1,19 +1,22 @@
-"""Train the Invar retriever (retrieval stage of Invar-RAG, DESIGN.md §2).
+"""Train the Invar scorer (retrieval stage of Invar-RAG, DESIGN.md §2).
 
 Usage::
 
     python -m training.train_retriever training/configs/retriever_smollm2_cpu.json
-    invar-rag train-retriever training/configs/retriever_smollm2_cpu.json
+    invar-rag train-retriever training/configs/retriever_smollm2_cpu.json [--flag value ...]
     torchrun --nproc_per_node 2 -m training.train_retriever CONFIG.json   # data parallel
 
 A JSON file, optionally followed by flags that override it (or flags alone); the keys are the
 fields of the dataclasses below plus the HF ``TrainingArguments``. Unknown keys are an error.
 Re-running the same command resumes: LSR scores come from their cache and training from the
-last complete checkpoint.
+last complete checkpoint (the tuning curve and the best weights so far are kept too).
 
-Steps: 1 parse arguments, 2 load models, 3 select questions and mine candidates, 4 build
-variants and score them with the LM (LSR), 5 train, 6 save the system directory, 7 index the
-corpus and choose the coarse-score fusion weight on held-apart training questions.
+Steps: 1 parse arguments, 2 load models, 3 select questions, index the corpus with stage 1 and
+take its candidates, 4 build variants and score them with the LM (LSR, cached), 5 train on the
+serving score with ``L_nce + alpha L_align + lam L_invar + gamma L_gen`` (the ``retriever``
+LoRA, or with ``train_lora = false`` a head on the frozen LM; the fusion weights in both),
+checking the tuning slice from step 0, 6 keep the best checkpoint, 7 save the stage-1 index and
+the system directory.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import TrainingArguments
 
-from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.retrieval.invar import InvarSettings
+from invar_rag_integrations.models.adapters import LORA_TARGETS, check_lora
+from invar_rag_integrations.retrieval.invar_retriever import InvarSettings
 
 from .query_variants import REWRITE_KINDS
 from .trainer_utils import parse_config
@@ -38,11 +40,23 @@ from .trainer_utils import parse_config
 
 @dataclass
 class ModelArguments(InvarSettings):
-    """The base LM and coarse encoder, plus every representation setting of ``InvarSettings``
-    (``beta`` is the fusion weight used when ``index_after_training`` does not choose one)."""
+    """The base LM, coarse encoder and scorer precision, the ``retriever`` LoRA, and every
+    setting of ``InvarSettings`` (their values here are the starting point of training)."""
 
     base_model: str = "smollm2"
     coarse_encoder: str = "minilm"
+    precision: str = field(default="auto", metadata={"help": "auto, float32 or bfloat16"})
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS[:4]))
+    train_lora: bool = field(
+        default=True, metadata={"help": "adapt the LM; false: freeze it and train the head and "
+                                        "fusion weight on cached scorer outputs"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_lora(self.lora_r, self.lora_targets)
 
     def settings(self) -> InvarSettings:
         names = set(InvarSettings.__dataclass_fields__)
@@ -51,47 +65,58 @@ class ModelArguments(InvarSettings):
 
 @dataclass
 class DataArguments:
-    """Training questions, candidates, variants and the LSR step."""
+    """Training questions, variants and the LSR step."""
 
     data_dir: str | None = field(default=None, metadata={"help": "folder with odqa/ and train/"})
     train_datasets: list[str] = field(
         default_factory=lambda: ["nq", "squad", "popqa_longtail", "freebaseqa"])
-    questions_per_dataset: list[int] = field(default_factory=lambda: [120, 120, 120, 60])
+    questions_per_dataset: list[int] = field(
+        default_factory=lambda: [100, 100, 100, 50], metadata={"help": "-1 = all"})
     tune_questions_per_dataset: int = field(
-        default=60, metadata={"help": "held-apart train-split questions to choose fusion beta"})
-    num_candidates: int = 8
-    mine_depth: int = 20
-    answer_positives: bool = True
-    drop_answer_negatives: bool = True
+        default=40, metadata={"help": "tune-split questions per dataset for the curve"})
+    train_candidates: int = field(
+        default=6, metadata={"help": "stage-1 candidates per training question (with gold); "
+                                     "the tuning curve reads the served depth, candidates"})
     rewrite_kinds: list[str] = field(default_factory=lambda: list(REWRITE_KINDS))
     num_rewrites: int = 1
     lm_paraphrases: int = field(default=0, metadata={"help": "LM paraphrases per question"})
     context_words: list[int] = field(
-        default_factory=lambda: [64, 32],
-        metadata={"help": "context size shown to the LM: first = default, others = resizings"})
+        default_factory=list,
+        metadata={"help": "context resizings: answer-centred windows of this many words"})
     lsr_batch_size: int = 16
     lsr_cache_dir: str | None = field(
-        default=None, metadata={"help": "default: <output_dir>/lsr_cache"})
+        default=None, metadata={"help": "default: $INVAR_RAG_CACHE/lsr (shared by runs: scores "
+                                        "are keyed by prompt and base model)"})
 
 
 @dataclass
 class LossArguments:
-    """``L = L_nce + alpha * L_align + lam * L_invar`` and the fusion-weight search."""
+    """``L = L_nce + alpha * L_align + lam * L_invar + gamma * L_gen``, the tuning curve and the
+    final indexing."""
 
     alpha: float = 1.0
     lam: float = 1.0
+    gamma: float = 0.0
     lsr_beta: float = 1.0
     kappa: float = 1.0
     mu: float = 0.1
     use_nce: bool = True
     use_align: bool = True
     use_invar: bool = True
-    in_batch_negatives: bool = True
-    train_fusion_beta: float = field(
-        default=0.0, metadata={"help": "train on s + this * cos(c(q), c(d)) (0 = LM score only)"})
-    fusion_betas: list[float] = field(default_factory=lambda: [0.0, 2.5, 5.0, 10.0, 20.0, 40.0])
+    learn_weights: bool = field(
+        default=True, metadata={"help": "train the fusion weights cos_weight and bm25_weight"})
+    micro_batch: int = field(default=16, metadata={"help": "pairs per forward pass"})
+    eval_every: int = field(default=25, metadata={"help": "steps between tuning evaluations"})
     index_after_training: bool = field(
-        default=True, metadata={"help": "index the ODQA corpus and choose beta (steps 6-7)"})
+        default=True, metadata={"help": "index the ODQA corpus with stage 1 (step 7)"})
+
+    def loss(self, gamma: float | None = None) -> Any:
+        """The weighted loss (``gamma`` overrides ``L_gen``'s weight)."""
+        from .losses import InvarRetrievalLoss
+
+        return InvarRetrievalLoss(self.alpha, self.lam, self.lsr_beta, self.kappa, self.mu,
+                                  self.use_nce, self.use_align, self.use_invar,
+                                  self.gamma if gamma is None else gamma)
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, LossArguments,
@@ -100,74 +125,154 @@ def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments,
     return parse_config((ModelArguments, DataArguments, LossArguments, TrainingArguments), argv)
 
 
-def mine(questions: list[Question], passages: list[Passage], coarse_encoder: Any,
-         data: DataArguments) -> list:
-    """Step 3: candidates = gold + MiniLM and BM25 hard negatives."""
-    from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever
-
-    from .candidates import mine_candidates
-
-    by_id = {p.id: p for p in passages}
-    queries = [q.question for q in questions]
-    depth = min(data.mine_depth, len(passages))
-    rankings = []
-    for retriever in (DenseRetriever(coarse_encoder), BM25Retriever()):
-        retriever.index(passages)
-        rankings.append([r.ids for r in retriever.search(queries, depth)])
-    return [mine_candidates(q, [r[i] for r in rankings], by_id, data.num_candidates,
-                            data.answer_positives, data.drop_answer_negatives)
-            for i, q in enumerate(questions)]
+Tuning = tuple  # (questions, candidates, query / passage coarse vectors, BM25 features)
 
 
-def choose_fusion_beta(retriever: Any, questions: list[Question], passages: dict[str, Passage],
-                       betas: Sequence[float]) -> tuple[float, dict[str, dict[str, float]]]:
-    """Step 7: the ``beta`` with the best mean Acc@1 (then Acc@5) over datasets."""
-    from invar_rag_integrations.evaluation.retrieval_eval import accuracy_rows, hit_ranks
+def bm25_feature(retriever: Any, queries: list[str], ids: list[list[str]]) -> list[Any]:
+    """The BM25 feature of the candidates when stage 1 has BM25, else zeros."""
+    import numpy as np
 
-    queries = [q.question for q in questions]
-    base = retriever.query_vectors(queries, beta=0.0)
-    coarse = retriever.encoder.coarse(queries)
-    table: dict[str, dict[str, float]] = {}
-    for beta in betas:
-        vectors = base.copy()
-        vectors[:, -coarse.shape[1]:] = beta * coarse
-        results = retriever.search_vectors(vectors, 5)
-        rows = accuracy_rows("invar", "tune", questions, hit_ranks(questions, results, passages),
-                             (1, 5))
-        table[str(beta)] = {m: float(np.mean([r["value"] for r in rows if r["metric"] == m]))
-                            for m in ("acc@1", "acc@5")}
-    best = max(betas, key=lambda b: (table[str(b)]["acc@1"], table[str(b)]["acc@5"]))
-    return float(best), table
+    found = retriever.bm25_term(queries, ids)
+    return found if found is not None else [np.zeros(len(i), np.float32) for i in ids]
+
+
+def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: LossArguments,
+               train_args: TrainingArguments, lm: Any, tokenizer: Any, coarse_encoder: Any,
+               dataset: Any, tuning: Tuning) -> tuple[Any, list[dict], dict[str, float]]:
+    """Step 5 with the LM adapted: the ``retriever`` LoRA (and head) on the HF ``Trainer``,
+    the best tuning checkpoint restored. Returns ``(reranker or None off the main process,
+    curve, metrics)``."""
+    import torch
+    from peft import get_peft_model
+
+    from invar_rag_integrations.models.adapters import lora_config
+    from invar_rag_integrations.retrieval.invar_retriever import InvarReranker
+    from invar_rag_integrations.retrieval.scorer import RETRIEVER_ADAPTER, InvarScorer, Projector
+
+    from .retriever_data import collate
+    from .retriever_trainer import (
+        LossTermsCallback,
+        NonFiniteLossError,
+        ScorerTrainingModel,
+        TuningCurve,
+        tuning_accuracy,
+    )
+    from .trainer_utils import TrainedWeightsTrainer, last_complete_checkpoint
+
+    output = Path(train_args.output_dir)
+    torch.manual_seed(train_args.seed)
+    lm = get_peft_model(lm, lora_config(model_args.lora_r, model_args.lora_alpha,
+                                        model_args.lora_dropout, model_args.lora_targets),
+                        adapter_name=RETRIEVER_ADAPTER)
+    coarse_dim = coarse_encoder.get_embedding_dimension()
+    projector = Projector.for_model(lm, coarse_dim, settings) if settings.num_soft_tokens \
+        else None
+    scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), RETRIEVER_ADAPTER,
+                         projector, precision=model_args.precision)
+    reranker = InvarReranker(scorer, coarse_encoder, settings)
+    model = ScorerTrainingModel(reranker, loss_args.loss(), loss_args.learn_weights,
+                                loss_args.micro_batch)
+    callbacks: list[Any] = [LossTermsCallback(model)]
+    curve = None
+    if tuning[0] and train_args.process_index == 0:
+        curve = TuningCurve(model, output, loss_args.eval_every,
+                            lambda: tuning_accuracy(model, *tuning))
+        callbacks.append(curve)
+    trainer = TrainedWeightsTrainer(model=model, args=train_args, train_dataset=dataset,
+                                    data_collator=collate, callbacks=callbacks)
+    resume = last_complete_checkpoint(output)
+    if resume:
+        print(f"resuming from {resume}", file=sys.stderr)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except NonFiniteLossError as err:
+        last = last_complete_checkpoint(output)
+        raise SystemExit(f"training stopped at step {trainer.state.global_step}: {err}. "
+                         f"Last good checkpoint: {last or 'none'}; lower the learning rate or "
+                         f"check the LSR cache, then re-run to resume from it.") from None
+    if not trainer.is_world_process_zero():
+        return None, [], {}
+    if curve is not None:
+        curve.restore_best()
+    model.weights.apply_to(settings)
+    lm.eval()
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return reranker, curve.curve if curve is not None else [], metrics
+
+
+def train_frozen(model_args: ModelArguments, settings: InvarSettings, loss_args: LossArguments,
+                 train_args: TrainingArguments, lm: Any, tokenizer: Any, coarse_encoder: Any,
+                 dataset: Any, tuning: Tuning) -> tuple[Any, list[dict], dict[str, float]]:
+    """Step 5 with the LM frozen: the head and the fusion weight on cached scorer outputs,
+    the best tuning epoch kept. Returns ``(reranker, curve, metrics)``."""
+    from invar_rag_integrations.evaluation.metrics import has_answer
+    from invar_rag_integrations.retrieval.invar_retriever import InvarReranker
+    from invar_rag_integrations.retrieval.scorer import InvarScorer, passage_text
+
+    from .head_trainer import feature_set, train_head
+
+    if settings.num_soft_tokens or not (settings.head or loss_args.learn_weights):
+        raise ValueError("with train_lora = false the head and the fusion weights train (set "
+                         "head = true and/or learn_weights = true; num_soft_tokens = 0)")
+    started = time.perf_counter()
+    scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), precision=model_args.precision)
+    items = [dataset[i] for i in range(len(dataset))]
+    show = train_args.process_index == 0
+    train = feature_set(scorer, [it["variants"] for it in items], [it["views"] for it in items],
+                        [it["query_coarse"] @ it["passage_coarse"].T for it in items],
+                        [it["bm25"] for it in items], [it["positives"] for it in items],
+                        [it["lm_logprobs"] for it in items],
+                        [ex["dataset"] for ex in dataset.examples], show)
+    questions, candidates, query_coarse, passage_coarse, bm25 = tuning
+    tune = None
+    if questions:
+        tune = feature_set(scorer, [[q.question] for q in questions],
+                           [[[passage_text(p) for p in cands]] for cands in candidates],
+                           [(pc @ qc)[None] for qc, pc in zip(query_coarse, passage_coarse)],
+                           [b[None] for b in bm25],
+                           [[has_answer(q.answers, p.full_text()) for p in cands]
+                            for q, cands in zip(questions, candidates)], None,
+                           [q.dataset for q in questions], show)
+    features_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    epochs = int(train_args.num_train_epochs)
+    model, curve = train_head(
+        train, tune, loss_args.loss(gamma=0.0), settings, loss_args.learn_weights, epochs,
+        train_args.per_device_train_batch_size, train_args.learning_rate,
+        train_args.weight_decay, train_args.seed)
+    runtime = time.perf_counter() - started
+    model.weights.apply_to(settings)
+    scorer.head = model.head
+    metrics = {"features_seconds": round(features_seconds, 1), "train_runtime": round(runtime, 2),
+               "train_samples_per_second": len(items) * epochs / max(runtime, 1e-9)}
+    return InvarReranker(scorer, coarse_encoder, settings), curve, metrics
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run all steps; returns the system directory."""
+    import numpy as np
     import torch
 
     from invar_rag_integrations.evaluation.datasets import odqa_corpus
     from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
-    from invar_rag_integrations.retrieval import InvarRetriever
+    from invar_rag_integrations.paths import cache_dir
     from invar_rag_integrations.retrieval.artifacts import save_retriever
-    from invar_rag_integrations.retrieval.dense import encoder_identity
-    from invar_rag_integrations.retrieval.embedding_cache import cached_embeddings
-    from invar_rag_integrations.retrieval.invar import InvarEncoder, add_retriever_adapter
+    from invar_rag_integrations.retrieval.invar_retriever import (
+        INDEX_DIR,
+        InvarReranker,
+        InvarRetriever,
+    )
+    from invar_rag_integrations.retrieval.scorer import InvarScorer
 
-    from .losses import InvarRetrievalLoss
     from .lsr import LSRScorer, lsr_cache_file
     from .retriever_data import (
         RetrieverDataset,
         build_examples,
-        collate,
+        candidate_set,
         lm_paraphrases,
         make_variants,
         select_questions,
     )
-    from .retriever_trainer import (
-        LossTermsCallback,
-        NonFiniteLossError,
-        RetrieverTrainingModel,
-    )
-    from .trainer_utils import TrainedWeightsTrainer, last_complete_checkpoint
 
     # 1. arguments
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -184,17 +289,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     coarse_encoder = load_coarse_encoder(model_args.coarse_encoder)
 
     with train_args.main_process_first(desc="data preparation"):
-        # 3. questions and candidates
+        # 3. questions and stage 1's candidates (gold passages added where stage 1 missed them)
         passages = odqa_corpus(data.data_dir)
         by_id = {p.id: p for p in passages}
         questions, tune = select_questions(data.train_datasets, data.questions_per_dataset,
                                            data.tune_questions_per_dataset, train_args.seed,
                                            data.data_dir)
-        candidates = mine(questions, passages, coarse_encoder, data)
-        empty = sum(not c.ids for c in candidates)
-        if empty:
-            print(f"warning: {empty} question(s) have no candidates and are left out",
-                  file=sys.stderr)
+        # the zero-shot two-stage retriever: stage 1 here, and its index is saved in step 7
+        retriever = InvarRetriever(InvarReranker(InvarScorer(
+            lm, tokenizer, settings.scorer_settings(), precision=model_args.precision),
+            coarse_encoder, settings), "", output, show_progress=train_args.process_index == 0)
+        retriever.index(passages)
+        depth = min(max(settings.candidates, data.train_candidates), len(passages))
+        ranked = [r.ids for r in retriever.stage1.search([q.question for q in questions + tune],
+                                                         depth)]
+        candidates = [candidate_set(q, ids, by_id, data.train_candidates)
+                      for q, ids in zip(questions, ranked)]
+        tune_candidates = [[by_id[i] for i in ids[: settings.candidates]]
+                           for ids in ranked[len(questions):]]
 
         # 4. variants and LSR scores (cached, resumable)
         paraphrases: list[list[str]] = [[] for _ in questions]
@@ -209,76 +321,59 @@ def main(argv: Sequence[str] | None = None) -> Path:
         variants = [make_variants(q.question, data.rewrite_kinds, data.num_rewrites,
                                   data.context_words, train_args.seed, para)
                     for q, para in zip(questions, paraphrases)]
-        cache = lsr_cache_file(data.lsr_cache_dir or output / "lsr_cache",
+        cache = lsr_cache_file(data.lsr_cache_dir or cache_dir() / "lsr",
                                lm.invar_source.identity)
-        scorer = LSRScorer(lm, tokenizer, cache, data.lsr_batch_size,
-                           show_progress=train_args.process_index == 0)
+        lsr = LSRScorer(lm, tokenizer, cache, data.lsr_batch_size,
+                        show_progress=train_args.process_index == 0)
         prep_started = time.perf_counter()
-        examples = build_examples(questions, candidates, variants, by_id, scorer)
+        examples = build_examples(questions, candidates, variants, by_id, lsr)
         prep_seconds = time.perf_counter() - prep_started
         if not examples:
             raise ValueError("no training examples: every question had an empty candidate set")
         texts = sorted({v for ex in examples for v in ex["variants"]})
         query_coarse = dict(zip(texts, coarse_encoder.encode(
             texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)))
-        corpus_coarse, _ = cached_embeddings(
-            [p.full_text() for p in passages], encoder_identity(coarse_encoder) or "",
-            lambda t: coarse_encoder.encode(t, batch_size=64, normalize_embeddings=True,
-                                            convert_to_numpy=True, show_progress_bar=True))
-        passage_coarse = {p.id: corpus_coarse[i] for i, p in enumerate(passages)}
+        passage_coarse = dict(zip(retriever.passage_ids,
+                                  retriever.passage_coarse(retriever.passage_ids)))
+        for ex in examples:
+            ex["bm25"] = [bm25_feature(retriever, [query], [ex["candidate_ids"]])[0]
+                          for query in ex["variants"]]
     dataset = RetrieverDataset(examples, query_coarse, passage_coarse, by_id)
+    tune_query_coarse = coarse_encoder.encode([q.question for q in tune], batch_size=64,
+                                              normalize_embeddings=True, convert_to_numpy=True)
+    tune_passage_coarse = [np.stack([passage_coarse[p.id] for p in cands])
+                           for cands in tune_candidates]
+    tune_bm25 = bm25_feature(retriever, [q.question for q in tune],
+                             [[p.id for p in cands] for cands in tune_candidates])
 
-    # 5. train LoRA(retriever) + projector
-    torch.manual_seed(train_args.seed)
-    encoder = InvarEncoder(add_retriever_adapter(lm, settings), tokenizer, coarse_encoder,
-                           settings)
-    loss = InvarRetrievalLoss(loss_args.alpha, loss_args.lam, loss_args.lsr_beta, loss_args.kappa,
-                              loss_args.mu, loss_args.use_nce, loss_args.use_align,
-                              loss_args.use_invar)
-    model = RetrieverTrainingModel(encoder, loss, loss_args.in_batch_negatives,
-                                   loss_args.train_fusion_beta)
-    trainer = TrainedWeightsTrainer(model=model, args=train_args, train_dataset=dataset,
-                                    data_collator=collate, callbacks=[LossTermsCallback(model)])
-    resume = last_complete_checkpoint(output)
-    if resume:
-        print(f"resuming from {resume}", file=sys.stderr)
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except NonFiniteLossError as err:
-        last = last_complete_checkpoint(output)
-        raise SystemExit(f"training stopped at step {trainer.state.global_step}: {err}. "
-                         f"Last good checkpoint: {last or 'none'}; lower the learning rate or "
-                         f"check the LSR cache, then re-run to resume from it.") from None
-    if not trainer.is_world_process_zero():
+    # 5. train on the serving score: the LoRA (and the head, if any) through the LM, or, with
+    #    the LM frozen, the head on cached scorer outputs; the fusion weight in both
+    tuning = (tune, tune_candidates, tune_query_coarse, tune_passage_coarse, tune_bm25)
+    train = train_lora if model_args.train_lora else train_frozen
+    reranker, curve, result = train(model_args, settings, loss_args, train_args, lm, tokenizer,
+                                    coarse_encoder, dataset, tuning)
+    if reranker is None:  # not the main process
         return output
 
-    # 6. the system directory
+    # 6. the system directory: the best checkpoint on the tuning slice (step 0 included)
+    best = max(curve, key=lambda row: (row["mean"], -row["step"])) if curve else None
     all_args = {"command": shlex.join(["invar-rag", "train-retriever", *argv]),
                 "model": asdict(model_args), "data": asdict(data), "loss": asdict(loss_args),
                 "training": train_args.to_dict()}
-    metrics = {"train_examples": len(examples), "lsr_prompts": int(sum(
-        len(ex["variants"]) * len(ex["candidate_ids"]) for ex in examples)),
-        "lsr_seconds": round(prep_seconds, 1), "lsr_computed": scorer.computed,
-        "empty_candidate_sets": empty,
-        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
-    save_retriever(encoder, output, all_args, metrics)
+    metrics = {"train_examples": len(examples),
+               "train_pairs": int(sum(len(ex["variants"]) * len(ex["candidate_ids"])
+                                      for ex in examples)),
+               "lsr_seconds": round(prep_seconds, 1), "lsr_computed": lsr.computed,
+               "tuning_curve": curve, "best_step": best["step"] if best else None, **result}
 
-    # 7. index the corpus, choose the fusion weight on the tuning questions, save both
+    # 7. save the stage-1 index and the system directory
     if loss_args.index_after_training:
-        from invar_rag_integrations.retrieval.artifacts import read_manifest
-
-        retriever = InvarRetriever(encoder, output, read_manifest(output)["retriever"]["hash"])
-        retriever.index(passages)
-        retriever.save(output / "index", passages)
-        if tune:
-            settings.beta, table = choose_fusion_beta(retriever, tune, by_id,
-                                                      loss_args.fusion_betas)
-            metrics["fusion_beta_search"] = table
-            print(f"fusion beta {settings.beta} (tuning Acc@1/5 by beta: {table})",
-                  file=sys.stderr)
+        retriever.reranker = reranker
+        retriever.save(output / INDEX_DIR, passages)
     metrics["total_seconds"] = round(time.perf_counter() - started, 1)
-    save_retriever(encoder, output, all_args, metrics)
-    print(f"saved the retriever to {output}", file=sys.stderr)
+    save_retriever(reranker, output, all_args, metrics)
+    print(f"saved the retriever to {output} (best tuning step {metrics['best_step']})",
+          file=sys.stderr)
     return output
 
 

@@ -37,7 +37,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, float]:
     passages = demo_passages()
     rag = InvarRAG.from_pretrained(system, corpus=passages)
     rag.retriever.show_progress = False
-    print(f"      base model, coarse encoder, retriever + generator adapters and projector "
+    print(f"      base model, coarse encoder, scorer and generator adapter "
           f"loaded, {len(passages)} passages indexed in {time.perf_counter() - started:.1f} s")
 
     print("[2/4] baseline: MiniLM top-k + the base LM (no adapter), same prompt")

@@ -4,7 +4,10 @@ Splits of the ODQA dev questions:
 - ``dev``: every question;
 - ``val``: a fixed validation carve-out (about 30%, chosen by a hash of the question id, so it
   never depends on file order) that training never sees;
-- ``train``: the rest.
+- ``train``: the rest;
+- ``tune``: a fixed slice of ``train`` (about 15%, by another hash) held apart for choosing
+  settings and early stopping;
+- ``fit``: ``train`` without ``tune`` (what the retriever and its baselines are trained on).
 """
 
 from __future__ import annotations
@@ -20,24 +23,38 @@ from ..paths import data_dir
 
 ODQA_DATASETS = ("nq", "popqa_longtail", "squad", "triviaqa_dev")
 RETRIEVAL_DATASETS = ("nq", "popqa_longtail", "squad")  # TriviaQA has no covering passages
-SPLITS = ("dev", "val", "train")
+SPLITS = ("dev", "val", "train", "tune", "fit")
 VAL_PERCENT = 30
+TUNE_PERCENT = 15
+
+
+def _bucket(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") % 100
 
 
 def in_validation(question_id: str) -> bool:
     """Whether a question belongs to the fixed validation carve-out."""
-    bucket = int.from_bytes(hashlib.sha256(question_id.encode("utf-8")).digest()[:4], "big")
-    return bucket % 100 < VAL_PERCENT
+    return _bucket(question_id) < VAL_PERCENT
+
+
+def in_tuning(question_id: str) -> bool:
+    """Whether a training question belongs to the tuning slice (``tune``)."""
+    return not in_validation(question_id) and _bucket(f"tune|{question_id}") < TUNE_PERCENT
 
 
 def select_split(questions: Iterable[Question], split: str) -> list[Question]:
-    """Keep the questions of ``split`` (``dev`` = all, ``val`` = carve-out, ``train`` = rest)."""
+    """Keep the questions of ``split``: ``dev`` = all, ``val`` = carve-out, ``train`` = the
+    rest, ``tune`` = a fixed slice of ``train``, ``fit`` = ``train`` without ``tune``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "dev":
         return list(questions)
-    want_val = split == "val"
-    return [q for q in questions if in_validation(q.id) == want_val]
+    if split == "val":
+        return [q for q in questions if in_validation(q.id)]
+    train = [q for q in questions if not in_validation(q.id)]
+    if split == "train":
+        return train
+    return [q for q in train if in_tuning(q.id) == (split == "tune")]
 
 
 def odqa_corpus(data: str | os.PathLike[str] | None = None) -> list[Passage]:

@@ -68,14 +68,15 @@ def evaluate_answers(pipeline: RAGPipeline, questions: Sequence[Question], syste
     return rows, answers
 
 
-QA_SYSTEMS = ("closed-book", "base+minilm", "base+invar", "invar-rag")
+QA_SYSTEMS = ("closed-book", "base+minilm", "base+invar", "generator+minilm", "invar-rag")
 
 
 def compare_systems(system_dir: str, questions: Sequence[Question], passages: Sequence,
                     split: str, systems: Sequence[str] = QA_SYSTEMS, batch_size: int = 8,
                     show_progress: bool = True) -> list[dict]:
     """EM / F1 and speed of the base LM closed-book, the base LM over MiniLM's and over the
-    Invar retriever's top-k, and the full system (generator adapter over Invar), in one run.
+    Invar retriever's top-k, the generator adapter over MiniLM's top-k (does the retriever
+    matter for the answers?) and the full system (generator adapter over Invar), in one run.
 
     Every system shares the trained system's base model (one copy), prompt template, ``k`` and
     token budgets; retrievals are cached under the cache folder.
@@ -92,13 +93,17 @@ def compare_systems(system_dir: str, questions: Sequence[Question], passages: Se
     rag = InvarRAG.from_pretrained(system_dir, corpus=passages, batch_size=batch_size)
     texts = [q.question for q in questions]
     rows: list[dict] = []
+    minilm = None
     for name in systems:
         retriever = rag.retriever if "invar" in name else None
-        if name == "base+minilm":
-            retriever = DenseRetriever("minilm", show_progress=show_progress)
-            retriever.index(list(passages))
+        if "minilm" in name:
+            if minilm is None:
+                minilm = DenseRetriever("minilm", show_progress=show_progress)
+                minilm.index(list(passages))
+            retriever = minilm
+        adapter = GENERATOR_ADAPTER if name in ("invar-rag", "generator+minilm") else None
         pipeline = RAGPipeline(rag.generator, retriever, passages, rag.settings, rag.template,
-                               GENERATOR_ADAPTER if name == "invar-rag" else None, batch_size)
+                               adapter, batch_size)
         sources = None
         if retriever is not None:
             sources = pipeline.sources(cached_search(retriever, texts, rag.settings.k,

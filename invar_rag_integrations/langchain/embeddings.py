@@ -1,8 +1,10 @@
-"""``InvarEmbeddings``: the Invar query and passage vectors for any LangChain vector store.
+"""``InvarEmbeddings``: the Invar retriever's stage-1 (MiniLM) vectors for any LangChain vector
+store.
 
-A passage vector is ``[v(d), c(d)]`` and a query vector ``[u(q) / tau, beta * c(q)]``; their
-inner product is the Invar score, and all passage vectors have the same norm, so cosine, inner
-product and L2 vector stores rank alike.
+A vector store can hold only per-text vectors, and the Invar scorer reads a passage together
+with the question, so a store gets stage 1's normalised coarse vectors (cosine, inner product
+and L2 stores rank alike). Compress the store's results with :class:`~.compressor.InvarReranker`
+(``ContextualCompressionRetriever``) to rank them with the scorer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbeddings(Embeddings):
-    """``embed_query`` gives query vectors, ``embed_documents`` passage vectors.
+    """``embed_query`` and ``embed_documents`` give stage-1 vectors.
 
     Args:
         retriever: The core Invar retriever (no index needed), or
@@ -30,17 +32,15 @@ class InvarEmbeddings(Embeddings):
         if (retriever is None) == (system_dir is None):
             raise ValueError("give exactly one of retriever or system_dir")
         self.retriever = check_invar_retriever(retriever) if retriever is not None else \
-            CoreInvarRetriever.from_pretrained(system_dir, show_progress=False)
+            CoreInvarRetriever.from_pretrained(system_dir, index=None, show_progress=False)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        if not texts:
-            return []
         for text in texts:
             check_text(text, "document text")
-        return self.retriever.embed_passages(list(texts)).tolist()
+        return self.retriever.reranker.coarse(list(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.retriever.query_vectors([check_text(text, "query")])[0].tolist()
+        return self.retriever.reranker.coarse([check_text(text, "query")])[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed_documents, texts)

@@ -1,4 +1,4 @@
-"""``InvarRetriever``: LangChain retriever over a ``RAGPipeline`` (e.g. ``InvarRAG``)."""
+"""``InvarRetriever``: LangChain retriever over the core two-stage Invar retriever."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import PrivateAttr
 
 from ..data import Passage
-from ..rag import RAGPipeline, Source, check_pipeline
-from ..retrieval.base import check_k
+from ..retrieval.base import check_k, check_text
+from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import check_invar_retriever
 
 
 def document_id(document: Document) -> str:
@@ -26,58 +27,68 @@ def document_id(document: Document) -> str:
     return document.id or "doc-" + hashlib.sha256(document.page_content.encode()).hexdigest()[:16]
 
 
-def source_document(source: Source, original: Document | None = None) -> Document:
-    """A retrieved passage as a ``Document`` (the original's metadata plus id, title, score)."""
+def document_passage(document: Document, pid: str | None = None) -> Passage:
+    """A document as a core passage (title from ``metadata['title']`` when present)."""
+    return Passage(pid or document_id(document), document.page_content,
+                   str(document.metadata.get("title") or ""))
+
+
+def scored_document(passage: Passage, score: float, original: Document | None = None) -> Document:
+    """A ranked passage as a ``Document`` (the original's metadata plus id, title, score)."""
     metadata = dict(original.metadata) if original is not None else {}
-    metadata.update(id=source.passage.id, title=source.passage.title, score=source.score)
-    return Document(page_content=source.passage.text, metadata=metadata, id=source.passage.id)
+    metadata.update(id=passage.id, title=passage.title, score=score)
+    return Document(page_content=passage.text, metadata=metadata, id=passage.id)
 
 
 class InvarRetriever(BaseRetriever):
-    """The top-``k`` documents by Invar score, each with ``metadata['score']``.
+    """The top-``k`` documents by the two-stage Invar score, each with ``metadata['score']``.
 
     Args:
-        pipeline: An indexed pipeline (``InvarRAG.from_pretrained(system_dir, corpus=...)``),
-            or use :meth:`from_documents` to index your documents.
-        k: Documents per query (``invoke(query, k=...)`` overrides it per call).
+        retriever: An indexed core retriever (``InvarRetriever.from_pretrained(system_dir)`` with
+            its saved index, or ``InvarRAG(...).retriever``), or use :meth:`from_documents` to
+            index your documents.
+        k: Documents per query (``invoke(query, k=...)`` overrides it per call); at most the
+            retriever's candidate depth.
     """
 
     k: int = 4
-    _pipeline: RAGPipeline = PrivateAttr()
+    _core: CoreInvarRetriever = PrivateAttr()
     _originals: dict[str, Document] = PrivateAttr(default_factory=dict)
 
-    def __init__(self, *, pipeline: RAGPipeline, k: int = 4, tags: list[str] | None = None,
-                 metadata: dict[str, Any] | None = None):
-        super().__init__(k=check_k(k), tags=tags, metadata=metadata)
-        if check_pipeline(pipeline).retriever is None:
-            raise ValueError("the pipeline has no retriever (it answers closed-book)")
-        self._pipeline = pipeline
+    def __init__(self, *, retriever: CoreInvarRetriever, k: int = 4,
+                 tags: list[str] | None = None, metadata: dict[str, Any] | None = None):
+        core = check_invar_retriever(retriever)
+        super().__init__(k=core.check_depth(k), tags=tags, metadata=metadata)
+        self._core = core
+        if not core.passage_ids:
+            raise ValueError("the retriever has no index; use InvarRetriever.from_documents")
 
     @classmethod
     def from_documents(cls, documents: Sequence[Document],
-                       pipeline: RAGPipeline | str | os.PathLike[str],
+                       retriever: CoreInvarRetriever | str | os.PathLike[str],
                        **kwargs: Any) -> InvarRetriever:
-        """Index ``documents`` with a pipeline or the system in directory ``pipeline``."""
-        if not isinstance(pipeline, RAGPipeline):
-            from ..rag import InvarRAG
-
-            pipeline = InvarRAG.from_pretrained(pipeline)
+        """Index ``documents`` with a core retriever (its model is shared; its own index is left
+        alone) or with the retriever of the system in directory ``retriever``."""
+        if isinstance(retriever, (str, os.PathLike)):
+            retriever = CoreInvarRetriever.from_pretrained(retriever, index=None,
+                                                           show_progress=False)
+        core = check_invar_retriever(retriever).unindexed()
         ids = [document_id(d) for d in documents]
-        pipeline.index([Passage(i, d.page_content, str(d.metadata.get("title") or ""))
-                        for i, d in zip(ids, documents)])
-        retriever = cls(pipeline=pipeline, **kwargs)
-        retriever._originals = dict(zip(ids, documents))
-        return retriever
+        core.index([document_passage(d, i) for d, i in zip(documents, ids)])
+        wrapper = cls(retriever=core, **kwargs)
+        wrapper._originals = dict(zip(ids, documents))
+        return wrapper
 
     @property
-    def pipeline(self) -> RAGPipeline:
-        return self._pipeline
+    def core(self) -> CoreInvarRetriever:
+        return self._core
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[Document]:
         k = self.k if k is None else check_k(k)
-        [sources] = self._pipeline.retrieve_batch([query], k)
-        return [source_document(s, self._originals.get(s.passage.id)) for s in sources]
+        [result] = self._core.search([check_text(query)], k)
+        return [scored_document(self._core.passages[i], s, self._originals.get(i))
+                for i, s in zip(result.ids, result.scores)]
 
     async def _aget_relevant_documents(self, query: str, *,
                                        run_manager: AsyncCallbackManagerForRetrieverRun,

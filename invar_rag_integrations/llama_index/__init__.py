@@ -1,9 +1,9 @@
 """LlamaIndex integration (extra ``llama-index``): thin shells over the core.
 
-- :class:`InvarRetriever` (``BaseRetriever``): Invar search over a set of nodes;
-- :class:`InvarReranker` (``BaseNodePostprocessor``): re-score any retriever's nodes;
-- :class:`InvarEmbedding` (``BaseEmbedding``): asymmetric query / passage vectors for any
-  vector store;
+- :class:`InvarRetriever` (``BaseRetriever``): two-stage Invar search over a set of nodes;
+- :class:`InvarReranker` (``BaseNodePostprocessor``): the Invar scorer over any retriever's
+  nodes;
+- :class:`InvarEmbedding` (``BaseEmbedding``): stage-1 (MiniLM) vectors for any vector store;
 - :class:`InvarLLM` (``CustomLLM``): the generator adapter, for query engines.
 """
 

@@ -1,8 +1,9 @@
-"""``InvarEmbedding``: the Invar query and passage vectors as a LlamaIndex embedding model.
+"""``InvarEmbedding``: the Invar retriever's stage-1 (MiniLM) vectors as a LlamaIndex embedding.
 
-A passage vector is ``[v(d), c(d)]`` and a query vector ``[u(q) / tau, beta * c(q)]``, so their
-inner product is the Invar score. Every passage vector has the same norm, so cosine similarity
-and L2 distance rank passages the same way: any vector store works.
+A vector store can hold only per-text vectors, and the Invar scorer reads a passage together
+with the question, so a vector store gets stage 1's coarse vectors ``c(x)`` (normalised: cosine,
+inner product and L2 stores rank alike). Put :class:`~.postprocessor.InvarReranker` after the
+store's retriever to rank its candidates with the scorer.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbedding(BaseEmbedding):
-    """Asymmetric embeddings: ``_get_query_embedding`` for queries, ``_get_text_embedding`` for
-    passages (nodes).
+    """Stage-1 vectors for queries (``_get_query_embedding``) and nodes
+    (``_get_text_embedding``).
 
     Args:
         retriever: The core Invar retriever (no index needed).
@@ -34,7 +35,7 @@ class InvarEmbedding(BaseEmbedding):
     def __init__(self, retriever: CoreInvarRetriever, embed_batch_size: int = 16,
                  callback_manager: CallbackManager | None = None):
         retriever = check_invar_retriever(retriever)
-        super().__init__(model_name=f"invar:{retriever.system_dir.name}",
+        super().__init__(model_name=f"invar-stage1:{retriever.settings.stage1}",
                          embed_batch_size=check_k(embed_batch_size, "embed_batch_size"),
                          callback_manager=callback_manager)
         self._core = retriever
@@ -49,7 +50,7 @@ class InvarEmbedding(BaseEmbedding):
         return "InvarEmbedding"
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._core.query_vectors([check_text(query)])[0].tolist()
+        return self._core.reranker.coarse([check_text(query)])[0].tolist()
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return await asyncio.to_thread(self._get_query_embedding, query)
@@ -60,7 +61,7 @@ class InvarEmbedding(BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         for text in texts:
             check_text(text, "text to embed")
-        return self._core.embed_passages(list(texts)).tolist()
+        return self._core.reranker.coarse(list(texts)).tolist()
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
         return await asyncio.to_thread(self._get_text_embedding, text)

@@ -1,4 +1,4 @@
-"""``InvarRetriever``: LlamaIndex retriever over the core Invar retriever."""
+"""``InvarRetriever``: LlamaIndex retriever over the core two-stage Invar retriever."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ._convert import node_passages
 
 
 class InvarRetriever(BaseRetriever):
-    """Top-``similarity_top_k`` nodes by the Invar score, best first.
+    """Top-``similarity_top_k`` nodes by the two-stage Invar score, best first.
 
     Args:
         retriever: A core retriever (normally ``retrieval.InvarRetriever``, whose model is
@@ -38,7 +38,9 @@ class InvarRetriever(BaseRetriever):
         nodes = list(nodes if nodes is not None else docstore.docs.values())
         if not nodes:
             raise ValueError("no nodes to retrieve from")
-        self.similarity_top_k = check_k(similarity_top_k, "similarity_top_k")
+        self.similarity_top_k = retriever.check_depth(similarity_top_k, "similarity_top_k") \
+            if isinstance(retriever, CoreInvarRetriever) \
+            else check_k(similarity_top_k, "similarity_top_k")
         self._core = retriever.unindexed() if isinstance(retriever, CoreInvarRetriever) \
             else retriever
         self._core.index(node_passages(nodes))

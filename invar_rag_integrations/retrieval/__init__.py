@@ -1,4 +1,5 @@
-"""Retrievers behind one interface: BM25, dense and fusion baselines, and the Invar retriever."""
+"""Retrievers behind one interface: BM25, dense and fusion baselines, and the two-stage Invar
+retriever (stage 1 proposes, the Invar scorer reads each candidate with the question)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,23 @@ from .base import Retriever, SearchResult
 from .bm25 import BM25Retriever
 from .dense import DenseRetriever
 from .fusion import FusionRetriever, reciprocal_rank_fusion
-from .invar import InvarEncoder, InvarSettings
-from .invar_retriever import InvarRetriever
+from .invar_retriever import InvarReranker, InvarRetriever, InvarSettings, fused_score
+from .query_adapter import QueryAdapterRetriever
+from .scorer import InvarScorer, ScorerSettings
 
-__all__ = ["BM25Retriever", "DenseRetriever", "FusionRetriever", "InvarEncoder", "InvarRetriever",
-           "InvarSettings", "Retriever", "SearchResult", "make_retriever",
-           "reciprocal_rank_fusion"]
+__all__ = ["BM25Retriever", "DenseRetriever", "FusionRetriever", "InvarReranker",
+           "InvarRetriever", "InvarScorer", "InvarSettings", "QueryAdapterRetriever",
+           "Retriever", "RETRIEVER_NAMES", "ScorerSettings", "SearchResult", "fused_score",
+           "make_retriever", "reciprocal_rank_fusion"]
+
+RETRIEVER_NAMES = ("bm25", "minilm", "rrf", "upr-zero-shot", "minilm-ft", "minilm-adapter")
 
 
-def make_retriever(spec: str) -> Retriever:
-    """``bm25``, ``minilm`` or ``rrf`` (their fusion) to be indexed, a trained system directory
+def make_retriever(spec: str, data_dir: str | None = None) -> Retriever:
+    """A retriever by name, to be indexed: ``bm25``, ``minilm``, ``rrf`` (their fusion),
+    ``upr-zero-shot`` (the two-stage retriever with the zero-shot scorer), ``minilm-ft`` or
+    ``minilm-adapter`` (MiniLM fine-tuned, or a query adapter trained, on the ODQA training
+    questions under ``data_dir``; trained once and cached); or a trained system directory
     (``invar_rag.json``; with its saved index if it has one) or a saved index folder."""
     if spec == "bm25":
         return BM25Retriever()
@@ -26,10 +34,17 @@ def make_retriever(spec: str) -> Retriever:
         return DenseRetriever("minilm")
     if spec == "rrf":
         return FusionRetriever([BM25Retriever(), DenseRetriever("minilm")])
+    if spec == "upr-zero-shot":
+        return InvarRetriever.zero_shot()
+    if spec in ("minilm-ft", "minilm-adapter"):
+        from .._optional import require
+
+        baselines = require("training.baselines", "train")
+        return baselines.trained_baseline(spec, data_dir)
     if is_system_dir(spec):
         return InvarRetriever.from_pretrained(spec)
     if Path(spec).is_dir():
         return Retriever.load(spec)
     raise ValueError(
-        f"unknown retriever {spec!r}: use 'bm25', 'minilm', 'rrf', a trained system directory "
-        "or a saved index folder")
+        f"unknown retriever {spec!r}: use one of {', '.join(RETRIEVER_NAMES)}, a trained system "
+        "directory or a saved index folder")

@@ -1,10 +1,10 @@
 """One directory per trained system, described by ``invar_rag.json`` (DESIGN.md §3).
 
-Layout: ``invar_rag.json`` (manifest), ``retriever/`` (PEFT adapter, safetensors),
-``projector.safetensors`` and, once indexed, ``index/`` (FAISS index + passage ids). Weights are
-read with safetensors only. ``retriever.hash`` identifies the passage vectors: it covers the
-adapter and projector weights, the representation settings and both models' identities, and
-every saved index records it.
+Layout: ``invar_rag.json`` (manifest), ``retriever/`` (the scorer's PEFT adapter, safetensors;
+absent when the LM is not adapted), ``projector.safetensors`` (only with soft tokens),
+``head.safetensors`` (only with a head), ``generator/`` and, once indexed, ``index/`` (stage-1
+index + passages). Weights are read with safetensors only. ``retriever.hash`` identifies the
+scorer: it covers its weight files, the settings and both models' identities.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..models.registry import hash_file
-from .invar import RETRIEVER_ADAPTER, InvarEncoder, InvarSettings, projector_from_file
+from .invar_retriever import InvarReranker, InvarSettings
+from .scorer import RETRIEVER_ADAPTER, InvarScorer, Projector, zero_head
 
 MANIFEST = "invar_rag.json"
 FORMAT = "invar-rag/1"
 PROJECTOR_FILE = "projector.safetensors"
+HEAD_FILE = "head.safetensors"
 
 
 def is_system_dir(path: str | os.PathLike[str]) -> bool:
@@ -58,22 +60,23 @@ def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> No
 def write_stage(path: str | os.PathLike[str], manifest: dict[str, Any], stage: str,
                 entry: dict[str, Any], training_args: dict[str, Any] | None,
                 metrics: dict[str, Any] | None) -> None:
-    """Record one trained stage (``retriever`` or ``generator``) with its training arguments
-    and metrics in the manifest, and write it."""
+    """Record one stage (``retriever`` or ``generator``) with its training arguments and
+    metrics (dropped when ``None``) in the manifest, and write it."""
     manifest[stage] = entry
-    if training_args is not None:
-        manifest.setdefault("training", {})[stage] = training_args
-    if metrics is not None:
-        manifest.setdefault("metrics", {})[stage] = metrics
+    for key, value in (("training", training_args), ("metrics", metrics)):
+        if value is not None:
+            manifest.setdefault(key, {})[stage] = value
+        else:  # a new entry never keeps the training record of the one it replaces
+            manifest.get(key, {}).pop(stage, None)
     write_manifest(path, manifest)
 
 
-def retriever_hash(path: Path, settings: InvarSettings, base_identity: str,
-                   coarse_identity: str) -> str:
-    """Identity of the passage vectors a saved retriever produces."""
-    parts = [hash_file(path / RETRIEVER_ADAPTER / "adapter_model.safetensors"),
-             hash_file(path / PROJECTOR_FILE), json.dumps(settings.index_fields(), sort_keys=True),
-             base_identity, coarse_identity]
+def retriever_hash(settings: InvarSettings, base_identity: str, coarse_identity: str,
+                   *weights: Path | None) -> str:
+    """Identity of a scorer: its settings, both models and its trained weight files (adapter,
+    projector, head; ``None`` where it has none)."""
+    parts = [json.dumps(asdict(settings), sort_keys=True), base_identity, coarse_identity,
+             *(hash_file(w) if w is not None else "none" for w in weights)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -85,43 +88,83 @@ def model_identity(model: Any) -> dict[str, str]:
     return {"name": source.name, "identity": source.identity}
 
 
-def save_retriever(encoder: InvarEncoder, path: str | os.PathLike[str],
+def base_of(lm: Any) -> Any:
+    """The plain base model under a peft wrapper."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSettings,
+                       precision: str = "auto") -> tuple[InvarReranker, str]:
+    """Stage 2 with the base LM and no adapter, and its hash."""
+    from ..models import load_base_lm, load_coarse_encoder
+
+    lm, tokenizer = load_base_lm(base_model)
+    coarse = load_coarse_encoder(coarse_encoder)
+    if settings.num_soft_tokens or settings.head:
+        raise ValueError("soft tokens and a head need trained weights; the zero-shot scorer has "
+                         "none (set num_soft_tokens = 0 and head = False)")
+    scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), precision=precision)
+    digest = retriever_hash(settings, lm.invar_source.identity, coarse.invar_source.identity)
+    return InvarReranker(scorer, coarse, settings), digest
+
+
+def save_retriever(reranker: InvarReranker, path: str | os.PathLike[str],
                    training_args: dict[str, Any] | None = None,
                    metrics: dict[str, Any] | None = None) -> Path:
-    """Save the ``retriever`` adapter, projector and manifest into system directory ``path``.
+    """Save the scorer (its ``retriever`` adapter and projector, when it has them) and its
+    manifest entry into system directory ``path``; other entries (the generator) are kept.
 
-    An existing manifest keeps its other entries (e.g. the generator's).
+    Raises:
+        ValueError: The directory's manifest names another base model.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    encoder.lm.save_pretrained(str(path), selected_adapters=[RETRIEVER_ADAPTER])
-    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.projector.state_dict().items()},
-              str(path / PROJECTOR_FILE))
+    scorer = reranker.scorer
+    base = model_identity(base_of(scorer.lm))
+    coarse = model_identity(reranker.coarse_encoder)
     manifest = read_manifest(path) if is_system_dir(path) else {"format": FORMAT}
-    base = model_identity(encoder.lm.get_base_model())
-    coarse = model_identity(encoder.coarse_encoder)
+    if manifest.get("base_model", base)["identity"] != base["identity"]:
+        raise ValueError(f"{path}: the system's base model is {manifest['base_model']['name']!r} "
+                         f"({manifest['base_model']['identity']}), but the retriever uses "
+                         f"{base['name']!r} ({base['identity']})")
+    adapter = projector = head = None
+    if scorer.adapter is not None:
+        scorer.lm.save_pretrained(str(path), selected_adapters=[scorer.adapter])
+        if scorer.adapter != RETRIEVER_ADAPTER:  # peft writes other adapters into a subfolder
+            raise ValueError(f"the scorer's adapter must be named {RETRIEVER_ADAPTER!r}")
+        adapter = path / RETRIEVER_ADAPTER / "adapter_model.safetensors"
+    if scorer.projector is not None:
+        projector = path / PROJECTOR_FILE
+        scorer.projector.save(projector)
+    if scorer.head is not None:
+        from safetensors.torch import save_file
+
+        head = path / HEAD_FILE
+        save_file({k: v.detach().cpu().contiguous() for k, v in scorer.head.state_dict().items()},
+                  str(head))
     manifest.update(base_model=base, coarse_encoder=coarse)
     write_stage(path, manifest, "retriever", {
-        "adapter": RETRIEVER_ADAPTER, "projector": PROJECTOR_FILE,
-        "settings": asdict(encoder.settings),
-        "hash": retriever_hash(path, encoder.settings, base["identity"], coarse["identity"]),
+        "adapter": scorer.adapter, "projector": PROJECTOR_FILE if projector else None,
+        "head": HEAD_FILE if head else None, "settings": asdict(reranker.settings),
+        "hash": retriever_hash(reranker.settings, base["identity"], coarse["identity"], adapter,
+                               projector, head),
     }, training_args, metrics)
     return path
 
 
-def load_retriever_encoder(path: str | os.PathLike[str],
-                           base_model: str | None = None) -> tuple[InvarEncoder, dict[str, Any]]:
-    """Load the base LM with the ``retriever`` adapter, the projector and the coarse encoder.
+def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
+                  precision: str = "auto") -> tuple[InvarReranker, dict[str, Any]]:
+    """Load a system's scorer: the base LM (with the ``retriever`` adapter when the system has
+    one), the projector and the coarse encoder, after checking their identities and hash.
 
     Args:
         path: System directory.
         base_model: Load this base model instead of the one the manifest names; it must be
             the same model (same identity), or loading fails naming both.
+        precision: Scorer precision (``auto``, ``float32``, ``bfloat16``).
 
     Returns:
-        ``(encoder, manifest)``.
+        ``(reranker, manifest)``.
     """
     from peft import PeftModel
 
@@ -129,13 +172,18 @@ def load_retriever_encoder(path: str | os.PathLike[str],
 
     path = Path(path)
     manifest = read_manifest(path)
-    if "retriever" not in manifest:
-        raise ValueError(f"{path / MANIFEST}: this system has no trained retriever")
-    settings = InvarSettings(**manifest["retriever"]["settings"])
+    entry = manifest.get("retriever")
+    if entry is None:
+        raise ValueError(f"{path / MANIFEST}: this system has no retriever")
+    try:
+        settings = InvarSettings(**entry["settings"])
+    except TypeError as err:
+        raise ValueError(f"{path / MANIFEST}: retriever settings of another format ({err}); "
+                         "this system was written by an older version: retrain it") from None
     lm, tokenizer = load_base_lm(base_model or manifest["base_model"]["name"])
     found, expected = lm.invar_source.identity, manifest["base_model"]["identity"]
     if found != expected:
-        raise ValueError(f"{path}: the retriever adapter was trained on base model "
+        raise ValueError(f"{path}: the retriever was trained on base model "
                          f"{manifest['base_model']['name']!r} ({expected}), but "
                          f"{lm.invar_source.name!r} is {found}; use the same base model")
     coarse = load_coarse_encoder(manifest["coarse_encoder"]["name"])
@@ -144,13 +192,29 @@ def load_retriever_encoder(path: str | os.PathLike[str],
                          f"{manifest['coarse_encoder']['identity']}, but "
                          f"{manifest['coarse_encoder']['name']!r} is now "
                          f"{coarse.invar_source.identity}")
-    digest = retriever_hash(path, settings, expected, coarse.invar_source.identity)
-    if digest != manifest["retriever"]["hash"]:
-        raise ValueError(f"{path}: adapter or projector files differ from the ones the manifest "
-                         f"was written for (hash {digest[:12]} != "
-                         f"{manifest['retriever']['hash'][:12]})")
-    lm = PeftModel.from_pretrained(lm, str(path / RETRIEVER_ADAPTER),
-                                   adapter_name=RETRIEVER_ADAPTER)
-    lm.eval()
-    projector = projector_from_file(path / manifest["retriever"]["projector"], settings)
-    return InvarEncoder(lm, tokenizer, coarse, settings, projector), manifest
+    adapter = path / entry["adapter"] / "adapter_model.safetensors" if entry["adapter"] else None
+    projector_file = path / entry["projector"] if entry["projector"] else None
+    head_file = path / entry["head"] if entry.get("head") else None
+    for file in (adapter, projector_file, head_file):
+        if file is not None and not file.is_file():
+            raise FileNotFoundError(f"retriever file missing: {file}")
+    digest = retriever_hash(settings, expected, coarse.invar_source.identity, adapter,
+                            projector_file, head_file)
+    if digest != entry["hash"]:
+        raise ValueError(f"{path}: the retriever's settings or weights differ from the ones the "
+                         f"manifest was written for (hash {digest[:12]} != {entry['hash'][:12]})")
+    if adapter is not None:
+        lm = PeftModel.from_pretrained(lm, str(adapter.parent), adapter_name=RETRIEVER_ADAPTER)
+        lm.eval()
+    projector = Projector.from_file(projector_file) if projector_file is not None else None
+    head = None
+    if head_file is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(head_file))
+        head = zero_head(state["weight"].shape[1])
+        head.load_state_dict(state)
+    scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(),
+                         RETRIEVER_ADAPTER if adapter is not None else None, projector, head,
+                         precision=precision)
+    return InvarReranker(scorer, coarse, settings), manifest

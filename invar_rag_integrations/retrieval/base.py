@@ -52,10 +52,11 @@ def check_text(text: Any, what: str = "query") -> str:
     return text
 
 
-def check_instance(value: Any, cls: type, name: str, example: str) -> Any:
+def check_instance(value: Any, cls: type | tuple[type, ...], name: str, example: str) -> Any:
     """Validate that ``value`` is a loaded ``cls`` (``example`` says how to get one)."""
     if not isinstance(value, cls):
-        raise TypeError(f"{name} must be a loaded {cls.__name__} such as {example}, "
+        names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise TypeError(f"{name} must be a loaded {names} such as {example}, "
                         f"got {type(value).__name__} {value!r:.80}")
     return value
 

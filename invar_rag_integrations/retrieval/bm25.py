@@ -58,6 +58,19 @@ class BM25Retriever(Retriever):
         return [SearchResult([ids[int(d)] for d in row], [float(s) for s in srow])
                 for row, srow in zip(np.asarray(docs), np.asarray(scores))]
 
+    def relative_scores(self, queries: list[str],
+                        ids: list[list[str]]) -> list[np.ndarray]:
+        """Each query's BM25 score of the passages ``ids``, divided by its best score over the
+        whole corpus (so in ``[0, 1]`` whatever the query's length)."""
+        rows = {pid: i for i, pid in enumerate(self.passage_ids)}
+        out = []
+        for tokens, wanted in zip(self._tokenize(queries, False), ids):
+            scores = self._bm25.get_scores(list(tokens))
+            best = float(scores.max()) if len(scores) else 0.0
+            picked = np.array([scores[rows[i]] for i in wanted], dtype=np.float32)
+            out.append(picked / best if best > 0 else np.zeros_like(picked))
+        return out
+
     def _save_state(self, path: Path) -> dict[str, Any]:
         self._bm25.save(path / "bm25")
         return {"k1": self.k1, "b": self.b, "stemmer_language": self.stemmer_language}

@@ -27,13 +27,16 @@ class DenseRetriever(Retriever):
         batch_size: Encoding batch size (sentence-transformers sorts each call by length).
         use_cache: Reuse corpus embeddings cached on disk for the same encoder and corpus.
         show_progress: Show a progress bar while encoding the corpus.
+        label: The system name in result tables (default: ``minilm`` for the embedded encoder,
+            else the encoder's name).
     """
 
     kind = "dense"
 
     def __init__(self, encoder: str | Any = DEFAULT_COARSE_ENCODER, batch_size: int = 64,
-                 use_cache: bool = True, show_progress: bool = True):
+                 use_cache: bool = True, show_progress: bool = True, label: str | None = None):
         super().__init__()
+        self.label = label
         self.encoder_name = encoder if isinstance(encoder, str) else getattr(
             getattr(encoder, "invar_source", None), "name", "custom")
         self.encoder = load_coarse_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -43,6 +46,8 @@ class DenseRetriever(Retriever):
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return "minilm" if self.encoder_name == DEFAULT_COARSE_ENCODER else self.encoder_name
 
     def identity(self) -> str:
@@ -59,13 +64,23 @@ class DenseRetriever(Retriever):
         texts = [p.full_text() for p in passages]
         identity = encoder_identity(self.encoder)
         vectors, self.last_index_cached = cached_embeddings(
-            texts, identity or "", lambda t: self.encode(t, show_progress=self.show_progress),
-            use_cache=self.use_cache and identity is not None)
+            texts, identity or "", self.encode, use_cache=self.use_cache and identity is not None,
+            show_progress=self.show_progress)
         self._faiss = faiss.IndexFlatIP(vectors.shape[1])
         self._faiss.add(vectors)
 
+    def vectors(self) -> np.ndarray:
+        """The indexed passage embeddings ``[N, d]``, in index order."""
+        if self._faiss is None:
+            raise RuntimeError("DenseRetriever has no index: call index() or load() first")
+        return self._faiss.reconstruct_n(0, self._faiss.ntotal)
+
     def _search(self, queries: list[str], k: int) -> list[SearchResult]:
-        scores, rows = self._faiss.search(self.encode(queries), k)
+        return self.search_vectors(self.encode(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[SearchResult]:
+        """Top-``k`` passages for precomputed query vectors."""
+        scores, rows = self._faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         ids = self.passage_ids
         return [SearchResult([ids[i] for i in row if i >= 0], [float(s) for s in srow[: len(row)]])
                 for row, srow in zip(rows, scores)]
@@ -75,13 +90,14 @@ class DenseRetriever(Retriever):
 
         faiss.write_index(self._faiss, str(path / "index.faiss"))
         return {"encoder": self.encoder_name, "encoder_identity": encoder_identity(self.encoder),
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "label": self.label}
 
     @classmethod
     def _load_state(cls, path: Path, config: dict[str, Any]) -> DenseRetriever:
         import faiss
 
-        retriever = cls(config["encoder"], batch_size=config.get("batch_size", 64))
+        retriever = cls(config["encoder"], batch_size=config.get("batch_size", 64),
+                        label=config.get("label"))
         found = encoder_identity(retriever.encoder)
         if config.get("encoder_identity") not in (None, found):
             raise ValueError(f"{path}: index was built with encoder {config['encoder_identity']}, "

@@ -1,38 +1,92 @@
-"""The trained Invar retriever behind the common :class:`Retriever` interface.
+"""The two-stage Invar retriever: MiniLM (or RRF of BM25 and MiniLM) proposes candidates, the
+Invar scorer reads each one with the question, and :func:`fused_score` ranks them.
 
-The FAISS index stores ``[v(d), c(d)]`` per passage and a query is ``[u(q) / tau, beta * c(q)]``,
-so one inner product gives ``s(q, d) + beta * cos(c(q), c(d))`` and ``beta`` can change without
-re-indexing. Passage vectors are computed in chunks that are kept on disk, so an interrupted
-indexing run continues where it stopped.
+``s(q, d) = w * cos(c(q), c(d)) / tau + r(q, d) [+ w_bm25 * bm25(q, d)]`` (DESIGN.md §2) is
+computed by one function for serving and training. :class:`InvarReranker` is stage 2 alone over
+any candidate list (the LlamaIndex postprocessor and the LangChain compressor wrap it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..data import Passage
+from ..data import Passage, load_passages
 from ..models.adapters import model_lock
-from ..paths import cache_dir
-from .artifacts import load_retriever_encoder
 from .base import MANIFEST as INDEX_MANIFEST
 from .base import (
+    PASSAGES_FILE,
     Retriever,
     SearchResult,
     check_instance,
+    check_k,
+    check_text,
     read_saved_ids,
     read_saved_manifest,
 )
-from .dense import encoder_identity
-from .embedding_cache import cached_embeddings, texts_hash
-from .invar import InvarEncoder
+from .bm25 import BM25Retriever
+from .dense import DenseRetriever, encoder_identity
+from .fusion import FusionRetriever
+from .scorer import InvarScorer, ScorerSettings, passage_text
 
 INDEX_DIR = "index"
+STAGE1 = ("minilm", "rrf")
+
+
+@dataclass
+class InvarSettings(ScorerSettings):
+    """Scorer settings plus stage 1 and the fused score (stored in the manifest). The defaults
+    are the zero-shot retriever's, chosen on the tuning slice of the training questions by
+    ``python -m benchmarks.tune_zero_shot`` (``benchmarks/results/zero_shot_tuning.json``).
+
+    Attributes:
+        stage1: ``minilm`` or ``rrf`` (reciprocal-rank fusion of BM25 and MiniLM).
+        candidates: Stage-1 candidates per query that the scorer reads (the largest ``k``).
+        cos_weight: ``w`` in ``s = w * cos / tau + r + bm25_weight * bm25``.
+        tau: Temperature of the coarse cosine.
+        bm25_weight: Weight of the BM25 term (the candidate's BM25 score over the query's best
+            in the corpus); needs BM25 in stage 1 (``rrf``). Over candidates from elsewhere
+            (the reranker) there is no corpus to score against and the term is left out.
+    """
+
+    stage1: str = "rrf"
+    candidates: int = 5
+    cos_weight: float = 0.1
+    tau: float = 0.05
+    bm25_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stage1 not in STAGE1:
+            raise ValueError(f"stage1 must be one of {STAGE1}, got {self.stage1!r}")
+        if self.candidates < 1 or self.tau <= 0:
+            raise ValueError(f"need candidates >= 1 and tau > 0; got {self.candidates}, "
+                             f"{self.tau}")
+        if self.bm25_weight and self.stage1 != "rrf":
+            raise ValueError(f"bm25_weight = {self.bm25_weight} needs BM25 in stage 1 "
+                             f"(stage1 = 'rrf'), not {self.stage1!r}")
+
+    def scorer_settings(self) -> ScorerSettings:
+        """The stage-2 part of these settings."""
+        names = {f.name for f in fields(ScorerSettings)}
+        return ScorerSettings(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+def fused_score(lm_score: Any, cosine: Any, cos_weight: Any, tau: float, bm25: Any = None,
+                bm25_weight: Any = 0.0) -> Any:
+    """``s(q, d) = cos_weight * cos(c(q), c(d)) / tau + r(q, d) + bm25_weight * bm25(q, d)``:
+    the one definition of the retriever's score, for numpy arrays (serving) and torch tensors
+    (training, where the weights are learned parameters); ``bm25 = None`` leaves its term
+    out."""
+    score = cos_weight * cosine / tau + lm_score
+    return score if bm25 is None else score + bm25_weight * bm25
 
 
 def check_invar_retriever(retriever: Any) -> InvarRetriever:
@@ -41,162 +95,284 @@ def check_invar_retriever(retriever: Any) -> InvarRetriever:
                           "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
 
 
-class InvarRetriever(Retriever):
-    """Search a corpus with a trained Invar encoder (see :func:`InvarRetriever.from_pretrained`).
+class InvarReranker:
+    """Stage 2 over any candidates: the Invar scorer fused with the coarse cosine.
 
     Args:
-        encoder: The loaded encoder.
-        system_dir: Its system directory (recorded in saved indexes).
-        retriever_hash: ``retriever.hash`` from the manifest.
-        batch_size: Passage/query batch size for the LM.
-        chunk_size: Passages per on-disk chunk while indexing (the unit of resumption).
-        show_progress: Progress bar while indexing.
+        scorer: The Invar scorer.
+        coarse_encoder: The coarse ``SentenceTransformer`` (MiniLM).
+        settings: The retriever settings (``cos_weight``, ``tau``).
+    """
+
+    def __init__(self, scorer: InvarScorer, coarse_encoder: Any, settings: InvarSettings):
+        self.scorer, self.coarse_encoder, self.settings = scorer, coarse_encoder, settings
+
+    def coarse(self, texts: Sequence[str]) -> np.ndarray:
+        """``c(x)``: normalised coarse vectors (float32 ``[N, d_c]``)."""
+        if not texts:
+            return np.zeros((0, self.coarse_encoder.get_embedding_dimension()), np.float32)
+        with model_lock(self.coarse_encoder):  # one encoder for all threads
+            return self.coarse_encoder.encode(list(texts), batch_size=64,
+                                              normalize_embeddings=True,
+                                              convert_to_numpy=True).astype(np.float32)
+
+    def scores(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
+               query_coarse: np.ndarray | None = None,
+               passage_coarse: Sequence[np.ndarray] | None = None,
+               bm25: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """``s(q, d)`` for each query's candidates; coarse vectors are computed when not given
+        (the retriever passes the ones its index holds, and the BM25 term when it has one)."""
+        if query_coarse is None:
+            query_coarse = self.coarse(queries)
+        if passage_coarse is None:
+            passage_coarse = [self.coarse([passage_text(p) if isinstance(p, str)
+                                           else p.full_text() for p in cands])
+                              for cands in candidates]
+        lm = self.scorer.score_batch(queries, candidates, query_coarse, passage_coarse)
+        bm25 = bm25 if bm25 is not None else [None] * len(lm)
+        return [fused_score(r, pc @ qc, self.settings.cos_weight, self.settings.tau, b,
+                            self.settings.bm25_weight)
+                for r, qc, pc, b in zip(lm, query_coarse, passage_coarse, bm25)]
+
+    def rerank(self, query: str, candidates: Sequence[Passage | str],
+               top_n: int | None = None) -> list[tuple[int, float]]:
+        """``(index into candidates, s)`` of the best ``top_n`` candidates (default: all),
+        best first; an empty candidate list gives an empty result."""
+        query = check_text(query)
+        if top_n is not None:
+            check_k(top_n, "top_n")
+        if not candidates:
+            return []
+        [scores] = self.scores([query], [list(candidates)])
+        order = np.argsort(-scores, kind="stable")[:top_n]
+        return [(int(i), float(scores[i])) for i in order]
+
+
+def top_k(ids: Sequence[str], scores: np.ndarray, k: int) -> SearchResult:
+    """The ``k`` best of ``ids`` by ``scores``, best first (ties keep the given order)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return SearchResult([ids[i] for i in order], [float(scores[i]) for i in order])
+
+
+def make_stage1(name: str, coarse_encoder: Any, show_progress: bool = True) -> Retriever:
+    """The stage-1 retriever ``name`` (``minilm`` or ``rrf``) over ``coarse_encoder``."""
+    dense = DenseRetriever(coarse_encoder, show_progress=show_progress)
+    if name == "minilm":
+        return dense
+    if name == "rrf":
+        return FusionRetriever([BM25Retriever(), dense])
+    raise ValueError(f"stage1 must be one of {STAGE1}, got {name!r}")
+
+
+def dense_part(stage1: Retriever) -> DenseRetriever:
+    """The MiniLM retriever inside a stage-1 retriever."""
+    if isinstance(stage1, DenseRetriever):
+        return stage1
+    return next(r for r in stage1.retrievers if isinstance(r, DenseRetriever))
+
+
+def corpus_fingerprint(passages: Sequence[Passage]) -> str:
+    """A hash of the passages' ids and texts (what a saved index was built over)."""
+    digest = hashlib.sha256()
+    for p in passages:
+        digest.update(json.dumps([p.id, p.title, p.text]).encode())
+    return digest.hexdigest()
+
+
+class InvarRetriever(Retriever):
+    """Two-stage retrieval: stage 1 proposes ``settings.candidates`` passages per query, the
+    Invar scorer reads each with the question, and the fused score ranks them.
+
+    Load one with :meth:`from_pretrained` (a system directory) or :meth:`zero_shot`.
+
+    Args:
+        reranker: Stage 2 (scorer, coarse encoder, settings).
+        system_hash: Identity of the scorer (``retriever.hash`` of the manifest).
+        system_dir: The system directory, when it was loaded from one.
+        show_progress: Progress bars while indexing.
     """
 
     kind = "invar"
 
-    def __init__(self, encoder: InvarEncoder, system_dir: str | os.PathLike[str],
-                 retriever_hash: str, batch_size: int = 64, chunk_size: int = 1024,
-                 show_progress: bool = True):
+    def __init__(self, reranker: InvarReranker, system_hash: str,
+                 system_dir: str | os.PathLike[str] | None = None, show_progress: bool = True):
         super().__init__()
-        self.encoder, self.system_dir = encoder, Path(system_dir).resolve()
-        self.retriever_hash = retriever_hash
-        self.batch_size, self.chunk_size, self.show_progress = batch_size, chunk_size, show_progress
-        self.beta = encoder.settings.beta
-        self._faiss: Any = None
-        self._lock = model_lock(encoder.lm)  # shared with a generator on the same model
+        self.reranker, self.system_hash = reranker, system_hash
+        self.system_dir = Path(system_dir).resolve() if system_dir is not None else None
+        self.show_progress = show_progress
+        self.stage1 = make_stage1(self.settings.stage1, reranker.coarse_encoder, show_progress)
+        self.passages: dict[str, Passage] = {}
+        self._coarse: np.ndarray | None = None  # corpus coarse vectors, in index order
+        self._rows: dict[str, int] = {}
+
+    @property
+    def settings(self) -> InvarSettings:
+        return self.reranker.settings
+
+    @property
+    def scorer(self) -> InvarScorer:
+        return self.reranker.scorer
+
+    @property
+    def coarse_encoder(self) -> Any:
+        return self.reranker.coarse_encoder
+
+    @property
+    def name(self) -> str:
+        return "upr-zero-shot" if self.scorer.adapter is None else "invar"
+
+    def identity(self) -> str:
+        settings = json.dumps(asdict(self.settings), sort_keys=True)
+        return f"{self.kind}:{self.system_hash}:{hashlib.sha256(settings.encode()).hexdigest()}"
 
     @classmethod
-    def from_pretrained(cls, system_dir: str | os.PathLike[str], index: str | os.PathLike[str]
-                        | None = None, base_model: str | None = None,
+    def zero_shot(cls, base_model: str = "smollm2", coarse_encoder: str = "minilm",
+                  settings: InvarSettings | None = None, precision: str = "auto",
+                  **kwargs: Any) -> InvarRetriever:
+        """The zero-shot two-stage retriever (no adapter: query likelihood, UPR)."""
+        from .artifacts import zero_shot_reranker
+
+        reranker, system_hash = zero_shot_reranker(base_model, coarse_encoder,
+                                                   settings or InvarSettings(), precision)
+        return cls(reranker, system_hash, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, system_dir: str | os.PathLike[str],
+                        index: str | os.PathLike[str] | None = None,
+                        base_model: str | None = None, precision: str = "auto",
                         **kwargs: Any) -> InvarRetriever:
-        """Load a trained retriever and, if present, its saved index.
+        """Load a system's retriever and, if present, its saved index.
 
         Args:
             system_dir: The system directory (``invar_rag.json``).
             index: A saved index folder (default ``<system_dir>/index`` when it exists).
             base_model: Override the base model location (must be the same model).
+            precision: Scorer precision (``auto``, ``float32``, ``bfloat16``).
             **kwargs: Passed to the constructor.
         """
-        encoder, manifest = load_retriever_encoder(system_dir, base_model)
-        retriever = cls(encoder, system_dir, manifest["retriever"]["hash"], **kwargs)
+        from .artifacts import load_reranker
+
+        reranker, manifest = load_reranker(system_dir, base_model, precision)
+        retriever = cls(reranker, manifest["retriever"]["hash"], system_dir, **kwargs)
         default = Path(system_dir) / INDEX_DIR
         if index is not None or (default / INDEX_MANIFEST).is_file():
             retriever.load_index(index if index is not None else default)
         return retriever
 
+    def unindexed(self) -> InvarRetriever:
+        """A retriever sharing this one's scorer and settings, without an index: for searching
+        another corpus without replacing this one's index."""
+        return InvarRetriever(self.reranker, self.system_hash, self.system_dir,
+                              self.show_progress)
+
+    # --- indexing -------------------------------------------------------------------------
+
+    def _index(self, passages: list[Passage]) -> None:
+        self.stage1.index(passages)
+        self._attach_passages(passages)
+
+    def _attach_passages(self, passages: list[Passage]) -> None:
+        self.passages = {p.id: p for p in passages}
+        dense = dense_part(self.stage1)
+        self._coarse = dense.vectors()
+        self._rows = {pid: i for i, pid in enumerate(dense.passage_ids)}
+
+    # --- search ---------------------------------------------------------------------------
+
+    def check_depth(self, k: int, name: str = "k") -> int:
+        """Validate a result count: a positive integer no larger than the candidate depth."""
+        k = check_k(k, name)
+        if k > self.settings.candidates:
+            raise ValueError(f"{name} = {k} is larger than the retriever's candidate depth "
+                             f"(candidates = {self.settings.candidates}); ask for at most "
+                             f"{self.settings.candidates} or raise settings.candidates")
+        return k
+
+    def search(self, queries: Sequence[str], k: int) -> list[SearchResult]:
+        """Top-``k`` passages per query; ``k`` may not exceed the candidate depth."""
+        return super().search(queries, self.check_depth(k))
+
+    def candidates(self, queries: list[str]) -> list[SearchResult]:
+        """Stage 1 alone: ``settings.candidates`` passages per query."""
+        return self.stage1.search(queries, min(self.settings.candidates, len(self.passage_ids)))
+
+    def passage_coarse(self, ids: Sequence[str]) -> np.ndarray:
+        """The indexed coarse vectors ``c(d)`` of passages ``ids``."""
+        return self._coarse[[self._rows[i] for i in ids]]
+
+    def candidate_scores(self, queries: list[str],
+                         proposed: Sequence[SearchResult]) -> list[np.ndarray]:
+        """Stage 2: the fused score ``s`` of each stage-1 candidate, in stage 1's order."""
+        query_coarse = self.reranker.coarse(queries)
+        passage_coarse = [self.passage_coarse(r.ids) for r in proposed]
+        return self.reranker.scores(queries, [[self.passages[i] for i in r.ids]
+                                              for r in proposed], query_coarse, passage_coarse,
+                                    self.bm25_term(queries, [r.ids for r in proposed])
+                                    if self.settings.bm25_weight else None)
+
+    def bm25_term(self, queries: list[str], ids: list[list[str]]) -> list[np.ndarray] | None:
+        """The BM25 feature of each candidate (``None`` when stage 1 has no BM25)."""
+        bm25 = next((r for r in getattr(self.stage1, "retrievers", ())
+                     if isinstance(r, BM25Retriever)), None)
+        return bm25.relative_scores(queries, ids) if bm25 is not None else None
+
+    def rerank_results(self, queries: list[str], proposed: Sequence[SearchResult],
+                       k: int) -> list[SearchResult]:
+        """Stage 2 over stage-1 results: the top ``k`` of each by the fused score."""
+        return [top_k(result.ids, scores, k)
+                for result, scores in zip(proposed, self.candidate_scores(queries, proposed))]
+
+    def _search(self, queries: list[str], k: int) -> list[SearchResult]:
+        return self.rerank_results(queries, self.candidates(queries), k)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str],
+             passages: Sequence[Passage] | None = None) -> Path:
+        """Save stage 1's index and the passage texts (the scorer reads them) to ``path``."""
+        return super().save(path, passages if passages is not None
+                            else [self.passages[i] for i in self.passage_ids])
+
+    def _save_state(self, path: Path) -> dict[str, Any]:
+        self.stage1.save(path / "stage1")
+        system = os.path.relpath(self.system_dir, path.resolve()) if self.system_dir else None
+        return {"system": system, "stage1": self.settings.stage1,
+                "coarse_encoder": encoder_identity(self.coarse_encoder),
+                "corpus": corpus_fingerprint([self.passages[i] for i in self.passage_ids])}
+
     def load_index(self, path: str | os.PathLike[str]) -> None:
-        """Load an index saved by :meth:`save`; it must have been built by this retriever."""
+        """Load an index saved by :meth:`save`; its stage 1 must be this retriever's."""
         path = Path(path)
         config = read_saved_manifest(path)
         if config.get("kind") != self.kind:
             raise ValueError(f"{path}: a {config.get('kind')!r} index, not an Invar index")
         self._attach_index(path, config)
-        self.passage_ids = read_saved_ids(path)
 
     def _attach_index(self, path: Path, config: dict[str, Any]) -> None:
-        """Read the FAISS index of ``path`` after checking this retriever built it."""
-        import faiss
-
-        if config.get("retriever_hash") != self.retriever_hash:
+        if config.get("stage1") != self.settings.stage1 or \
+                config.get("coarse_encoder") != encoder_identity(self.coarse_encoder):
             raise ValueError(
-                f"{path}: this index was built by retriever {config.get('system')!r} "
-                f"(hash {str(config.get('retriever_hash'))[:12]}), not by {str(self.system_dir)!r} "
-                f"(hash {self.retriever_hash[:12]}); re-index with `invar-rag index`")
-        self._faiss = faiss.read_index(str(path / "index.faiss"))
-
-    def identity(self) -> str:
-        return f"{self.kind}:{self.retriever_hash}:beta={self.beta}"
-
-    def unindexed(self) -> InvarRetriever:
-        """A retriever with this encoder (shared, not copied), settings and ``beta``, and no
-        index: for searching another corpus without replacing this one's index."""
-        other = InvarRetriever(self.encoder, self.system_dir, self.retriever_hash,
-                               self.batch_size, self.chunk_size, self.show_progress)
-        other.beta = self.beta
-        return other
-
-    # --- indexing -------------------------------------------------------------------------
-
-    def passage_vectors(self, passages: list[Passage]) -> np.ndarray:
-        """``[v(d), c(d)]`` for ``passages``, computed chunk by chunk with resumable chunks."""
-        texts = [p.full_text() for p in passages]
-        coarse_id = encoder_identity(self.encoder.coarse_encoder) or ""
-        coarse, _ = cached_embeddings(
-            texts, coarse_id, lambda t: self.encoder.coarse(t, show_progress=self.show_progress),
-            use_cache=bool(coarse_id))
-        key = hashlib.sha256(f"{self.retriever_hash}|{texts_hash(texts)}".encode()).hexdigest()
-        chunks = cache_dir() / "invar-index" / key[:32]
-        chunks.mkdir(parents=True, exist_ok=True)
-        needs_text = "text" in self.encoder.settings.doc_input
-        vectors = []
-        with tqdm(total=len(texts), desc="index (LM)", unit="passage",
-                  disable=not self.show_progress) as bar:
-            for number, start in enumerate(range(0, len(texts), self.chunk_size)):
-                stop = min(start + self.chunk_size, len(texts))
-                file = chunks / f"chunk-{number:06d}.npy"
-                if file.is_file():
-                    chunk = np.load(file, allow_pickle=False)
-                else:
-                    chunk = self.encoder.encode("passage", texts[start:stop] if needs_text
-                                                else None, coarse[start:stop], self.batch_size)
-                    tmp = file.with_suffix(".tmp.npy")
-                    np.save(tmp, chunk, allow_pickle=False)
-                    tmp.replace(file)
-                vectors.append(chunk)
-                bar.update(stop - start)
-        return np.concatenate([np.concatenate(vectors), coarse], axis=1).astype(np.float32)
-
-    def embed_passages(self, texts: list[str]) -> np.ndarray:
-        """``[v(d), c(d)]`` for a few passage texts, uncached (for vector stores and reranking;
-        :meth:`index` caches a corpus's vectors on disk)."""
-        with self._lock:
-            coarse = self.encoder.coarse(texts)
-            needs_text = "text" in self.encoder.settings.doc_input
-            lm = self.encoder.encode("passage", texts if needs_text else None, coarse,
-                                     self.batch_size)
-        return np.concatenate([lm, coarse], axis=1).astype(np.float32)
-
-    def _index(self, passages: list[Passage]) -> None:
-        import faiss
-
-        vectors = self.passage_vectors(passages)
-        self._faiss = faiss.IndexFlatIP(vectors.shape[1])
-        self._faiss.add(vectors)
-
-    # --- search ---------------------------------------------------------------------------
-
-    def query_vectors(self, queries: list[str], beta: float | None = None) -> np.ndarray:
-        """``[u(q) / tau, beta * c(q)]`` for ``queries``."""
-        beta = self.beta if beta is None else beta
-        with self._lock:  # one tokenizer and model for all threads
-            coarse = self.encoder.coarse(queries)
-            u = self.encoder.encode("query", queries, coarse, self.batch_size)
-        return np.concatenate([u / self.encoder.settings.tau, beta * coarse], axis=1)
-
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[SearchResult]:
-        """Top-``k`` passages for precomputed query vectors."""
-        scores, rows = self._faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        ids = self.passage_ids
-        return [SearchResult([ids[i] for i in row if i >= 0], [float(s) for s in srow[: len(row)]])
-                for row, srow in zip(rows, scores)]
-
-    def _search(self, queries: list[str], k: int) -> list[SearchResult]:
-        return self.search_vectors(self.query_vectors(queries), k)
-
-    # --- persistence ----------------------------------------------------------------------
-
-    def _save_state(self, path: Path) -> dict[str, Any]:
-        import faiss
-
-        faiss.write_index(self._faiss, str(path / "index.faiss"))
-        return {"system": os.path.relpath(self.system_dir, path.resolve()),
-                "retriever_hash": self.retriever_hash}
+                f"{path}: this index was built for stage 1 {config.get('stage1')!r} with coarse "
+                f"encoder {str(config.get('coarse_encoder'))[:40]}, but the retriever uses "
+                f"{self.settings.stage1!r} with {str(encoder_identity(self.coarse_encoder))[:40]}"
+                "; re-index with `invar-rag index`")
+        passages = load_passages(path / PASSAGES_FILE)
+        if corpus_fingerprint(passages) != config.get("corpus"):
+            raise ValueError(f"{path}: {PASSAGES_FILE} is not the corpus this index was built "
+                             "over (its texts or ids changed); re-index")
+        stage1 = Retriever.load(path / "stage1")
+        if stage1.passage_ids != [p.id for p in passages]:
+            raise ValueError(f"{path}: the stage-1 index holds other passages than "
+                             f"{PASSAGES_FILE}; re-index")
+        self.stage1 = stage1
+        self.passage_ids = read_saved_ids(path)
+        self._attach_passages(passages)
 
     @classmethod
     def _load_state(cls, path: Path, config: dict[str, Any]) -> InvarRetriever:
-        system = (path / config["system"]).resolve()
-        encoder, manifest = load_retriever_encoder(system)
-        retriever = cls(encoder, system, manifest["retriever"]["hash"])
-        retriever._attach_index(path, config)  # Retriever.load reads the passage ids
+        if config.get("system") is None:
+            raise ValueError(f"{path}: this index belongs to a retriever without a system "
+                             "directory; load it with InvarRetriever.load_index")
+        retriever = cls.from_pretrained((path / config["system"]).resolve(), index=None)
+        retriever._attach_index(path, config)
         return retriever

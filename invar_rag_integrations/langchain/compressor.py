@@ -1,0 +1,57 @@
+"""``InvarReranker``: the Invar scorer (stage 2) as a LangChain document compressor, like
+``CrossEncoderReranker``: ``ContextualCompressionRetriever(base_retriever=any,
+base_compressor=InvarReranker(...))``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict, PrivateAttr
+
+from ..retrieval.base import check_instance, check_k, check_text
+from ..retrieval.invar_retriever import InvarReranker as CoreReranker
+from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from .retriever import document_id, document_passage
+
+
+class InvarReranker(BaseDocumentCompressor):
+    """Keep the ``top_n`` documents by the fused Invar score, each with
+    ``metadata['relevance_score']``.
+
+    Args:
+        retriever: The core Invar retriever (its stage 2 is used; no index needed) or a core
+            ``InvarReranker``.
+        top_n: Documents to keep.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    top_n: int = 3
+    _core: CoreReranker = PrivateAttr()
+
+    def __init__(self, *, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 3):
+        super().__init__(top_n=check_k(top_n, "top_n"))
+        check_instance(retriever, (CoreInvarRetriever, CoreReranker), "retriever",
+                       "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
+        self._core = retriever.reranker if isinstance(retriever, CoreInvarRetriever) \
+            else retriever
+
+    @classmethod
+    def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:
+        return cls(retriever=CoreInvarRetriever.from_pretrained(system_dir, index=None,
+                                                                show_progress=False), **kwargs)
+
+    def compress_documents(self, documents: Sequence[Document], query: str,
+                           callbacks: Callbacks | None = None) -> Sequence[Document]:
+        query = check_text(query)
+        documents = list(documents)
+        passages = [document_passage(d, document_id(d)) for d in documents]
+        kept = []
+        for index, score in self._core.rerank(query, passages, self.top_n):
+            original = documents[index]
+            kept.append(Document(page_content=original.page_content, id=original.id,
+                                 metadata={**original.metadata, "relevance_score": score}))
+        return kept

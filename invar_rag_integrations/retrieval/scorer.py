@@ -1,0 +1,486 @@
+"""The Invar scorer (stage 2): the LM reads a candidate passage, then the question.
+
+``r(q, d)`` is the length-normalised log-likelihood of the question's tokens after the passage
+prompt, computed by the base LM plus the ``retriever`` LoRA adapter when one is loaded (no
+adapter, or a LoRA at zero, is zero-shot query likelihood: UPR, Sachan et al. 2022).
+:class:`ScorerTokens` is the one place where the scorer's token sequences are built (prompt
+template, passage cap, BOS, optional soft tokens ``P(c(d))`` / ``P(c(q))``); serving and
+training both use it through :meth:`InvarScorer.pair_scores`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data import Passage
+from ..models.adapters import model_lock, use_adapter
+
+RETRIEVER_ADAPTER = "retriever"
+SCORE_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+NORMALIZATIONS = ("mean", "sum")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class ScorerSettings:
+    """Everything that changes ``r(q, d)``; stored in the manifest and covered by its hash.
+
+    Attributes:
+        prompt: The text around the passage; ``{passage}`` marks where it goes and the
+            question's tokens follow the prompt.
+        max_passage_tokens: Passage tokens kept (longer passages are cut, counted and warned
+            about once).
+        max_query_tokens: Question tokens scored (a longer question keeps its last tokens,
+            counted and warned about once).
+        normalization: ``mean`` (log-likelihood per question token) or ``sum``.
+        num_soft_tokens: ``m`` soft tokens ``P(c(d))`` before the passage and ``P(c(q))``
+            before the question (0 = none; they need a trained projector).
+        projector_hidden: Hidden width of the projector MLP (when ``num_soft_tokens > 0``).
+        head: Add a trained linear head on the mean final hidden state over the question's
+            tokens to ``r`` (zero-initialised, so an untrained head changes nothing).
+    """
+
+    prompt: str = SCORE_PROMPT
+    max_passage_tokens: int = 128
+    max_query_tokens: int = 64
+    normalization: str = "mean"
+    num_soft_tokens: int = 0
+    projector_hidden: int = 256
+    head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prompt.count("{passage}") != 1:
+            raise ValueError(f"prompt must contain '{{passage}}' exactly once, got "
+                             f"{self.prompt!r}")
+        if min(self.max_passage_tokens, self.max_query_tokens, self.projector_hidden) < 1 \
+                or self.num_soft_tokens < 0:
+            raise ValueError("need max_passage_tokens, max_query_tokens, projector_hidden >= 1 "
+                             f"and num_soft_tokens >= 0; got {self.max_passage_tokens}, "
+                             f"{self.max_query_tokens}, {self.projector_hidden}, "
+                             f"{self.num_soft_tokens}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
+                             f"{self.normalization!r}")
+
+
+def passage_text(passage: Passage | str) -> str:
+    """A passage as the scorer reads it: ``Title. text`` (a string is taken as it is)."""
+    if isinstance(passage, str):
+        return passage
+    return f"{passage.title}. {passage.text}" if passage.title else passage.text
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX or AVX512-BF16); without it, bf16
+    matrix products are far slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+class Projector(nn.Module):
+    """``P``: coarse vectors ``[B, d_c]`` -> ``m`` soft tokens ``[B, m, H]``.
+
+    A two-layer MLP; each soft token is rescaled to the mean norm of the LM's token embeddings
+    so it starts in the range the LM was trained on.
+    """
+
+    def __init__(self, coarse_dim: int, hidden: int, num_tokens: int, model_dim: int,
+                 token_norm: float):
+        super().__init__()
+        self.num_tokens, self.model_dim = num_tokens, model_dim
+        self.net = nn.Sequential(nn.Linear(coarse_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, num_tokens * model_dim))
+        self.register_buffer("token_norm", torch.tensor(float(token_norm)))
+
+    def forward(self, coarse: Tensor) -> Tensor:
+        out = self.net(coarse).view(coarse.shape[0], self.num_tokens, self.model_dim)
+        return nn.functional.normalize(out, dim=-1) * self.token_norm
+
+    @classmethod
+    def for_model(cls, lm: nn.Module, coarse_dim: int, settings: ScorerSettings) -> Projector:
+        """A fresh projector sized for ``lm``'s embeddings."""
+        embeddings = lm.get_input_embeddings()
+        return cls(coarse_dim, settings.projector_hidden, settings.num_soft_tokens,
+                   embeddings.embedding_dim,
+                   embeddings.weight.detach().float().norm(dim=-1).mean().item())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Projector:
+        """Load a projector saved with safetensors (shapes come from the weights)."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        first, last = state["net.0.weight"], state["net.2.weight"]
+        model_dim = int(state["model_dim"]) if "model_dim" in state else None
+        if model_dim is None:
+            raise ValueError(f"{path}: not a projector file (no model_dim)")
+        projector = cls(first.shape[1], first.shape[0], last.shape[0] // model_dim, model_dim,
+                        float(state["token_norm"]))
+        projector.load_state_dict({k: v for k, v in state.items() if k != "model_dim"})
+        return projector
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state["model_dim"] = torch.tensor(self.model_dim)
+        save_file(state, str(path))
+
+
+def zero_head(width: int) -> nn.Linear:
+    """A linear head ``[H] -> 1`` starting at zero (the scorer starts as it was)."""
+    head = nn.Linear(width, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+@dataclass(frozen=True)
+class ScorerBatch:
+    """Left-padded scorer sequences, so every question ends at the last position.
+
+    Attributes:
+        input_ids, attention_mask, position_ids: ``[B, W]``.
+        targets, target_mask: ``[B, L]`` question tokens, right-aligned (``L`` = the longest
+            question); position ``t`` is predicted by the logits at ``W - L - 1 + t``.
+        soft_starts: ``[B, 2]`` first position of the passage's and the question's soft tokens
+            (``None`` without soft tokens).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    targets: Tensor
+    target_mask: Tensor
+    soft_starts: Tensor | None = None
+
+
+class ScorerTokens:
+    """Builds scorer sequences: ``[BOS] prompt-head [P(c(d))] passage prompt-tail [P(c(q))]
+    question``, the passage cut to ``max_passage_tokens``; tokenised passages are cached.
+
+    Args:
+        tokenizer: The base LM's tokenizer.
+        settings: The scorer settings.
+        cache_size: Passage tokenisations kept (least recently used ones are dropped).
+    """
+
+    def __init__(self, tokenizer: Any, settings: ScorerSettings, cache_size: int = 50_000):
+        self.tokenizer, self.settings, self.cache_size = tokenizer, settings, cache_size
+        head, tail = settings.prompt.split("{passage}")
+        self.head = self._ids(head)
+        self.tail = self._ids(tail)
+        bos = tokenizer.bos_token_id
+        probe = tokenizer("x")["input_ids"]
+        self.bos = [bos] if bos is not None and probe and probe[0] == bos else []  # e.g. Gemma
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        self._passages: OrderedDict[str, list[int]] = OrderedDict()
+        self.truncated = {"passage": 0, "query": 0}
+        self._warned: set[str] = set()
+
+    def _cut(self, kind: str, ids: list[int], cap: int, keep: str) -> list[int]:
+        """``ids`` cut to ``cap`` tokens (keeping the ``keep`` end), counted, warned once."""
+        if len(ids) <= cap:
+            return ids
+        self.truncated[kind] += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"a {kind} text longer than {cap} tokens was truncated to its {keep} "
+                          f"{cap} (counted in ScorerTokens.truncated; warned once)", stacklevel=5)
+        return ids[:cap] if keep == "first" else ids[-cap:]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def passage(self, text: str) -> list[int]:
+        """Token ids of a passage text, cut to the cap (cached by text)."""
+        ids = self._passages.get(text)
+        if ids is not None:
+            self._passages.move_to_end(text)
+            return ids
+        ids = self._cut("passage", self._ids(text), self.settings.max_passage_tokens, "first")
+        self._passages[text] = ids
+        if len(self._passages) > self.cache_size:
+            self._passages.popitem(last=False)
+        return ids
+
+    def question(self, text: str) -> list[int]:
+        """Token ids of a question as it continues the prompt (a leading space), cut to the
+        cap."""
+        ids = self._ids(" " + text.strip())
+        if not ids:
+            raise ValueError(f"the question {text!r} has no tokens")
+        return self._cut("query", ids, self.settings.max_query_tokens, "last")
+
+    def batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> ScorerBatch:
+        """Left-padded sequences for ``(question ids, passage ids)`` pairs."""
+        m = self.settings.num_soft_tokens
+        rows, starts = [], []
+        for question, passage in pairs:
+            doc_start = len(self.bos) + len(self.head)
+            query_start = doc_start + m + len(passage) + len(self.tail)
+            rows.append(self.bos + self.head + [self.pad_id] * m + passage + self.tail
+                        + [self.pad_id] * m + question)
+            starts.append((doc_start, query_start))
+        width = max(len(r) for r in rows)
+        longest = max(len(q) for q, _ in pairs)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        targets = torch.zeros((len(rows), longest), dtype=torch.long)
+        target_mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+        offsets = []
+        for i, (row, (question, _)) in enumerate(zip(rows, pairs)):
+            offset = width - len(row)
+            offsets.append(offset)
+            ids[i, offset:] = torch.tensor(row)
+            attention[i, offset:] = 1
+            targets[i, longest - len(question):] = torch.tensor(question)
+            target_mask[i, longest - len(question):] = True
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        soft = None
+        if m:
+            soft = torch.tensor([[o + d, o + q] for o, (d, q) in zip(offsets, starts)])
+        return ScorerBatch(ids, attention, positions, targets, target_mask, soft)
+
+
+class InvarScorer:
+    """Score candidate passages for queries with the LM (stage 2 of the Invar retriever).
+
+    Args:
+        lm: The base causal LM, plain or peft-wrapped (it may hold the generator adapter too).
+        tokenizer: Its tokenizer.
+        settings: Scorer settings.
+        adapter: The peft adapter to score with (``retriever``), or ``None`` for the base model
+            (zero-shot).
+        projector: Maps coarse vectors to soft tokens (needed when ``num_soft_tokens > 0``).
+        head: The linear head (``settings.head``; a zero-initialised one is made when
+            ``None``).
+        batch_size: Query-passage pairs per forward pass.
+        precision: ``auto`` (bfloat16 autocast where the hardware multiplies bf16 natively,
+            else float32), ``float32`` or ``bfloat16``.
+    """
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, settings: ScorerSettings,
+                 adapter: str | None = None, projector: Projector | None = None,
+                 head: nn.Linear | None = None, batch_size: int = 16,
+                 precision: str = "auto"):
+        if settings.num_soft_tokens and projector is None:
+            raise ValueError(f"num_soft_tokens = {settings.num_soft_tokens} needs a projector")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.lm, self.settings, self.adapter, self.projector = lm, settings, adapter, projector
+        self.head = head if head is not None or not settings.head else zero_head(
+            lm.get_input_embeddings().embedding_dim)
+        self.tokens = ScorerTokens(tokenizer, settings)
+        self.batch_size = batch_size
+        self.dtype = resolve_precision(precision, self.device)
+        self._bf16: tuple[nn.Module, int, nn.Module] | None = None  # (source, version, copy)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokens.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def _autocast(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        weights = model.get_input_embeddings().weight.dtype
+        if self.dtype == torch.bfloat16 and weights != torch.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def serving_model(self) -> nn.Module:
+        """The model that scores without gradients. With bfloat16 precision and float32
+        weights, a bfloat16 copy of ``lm`` (on AMX, matrix products on bf16 weights ran ~1.3x
+        faster than under autocast, which re-casts every weight on every pass); it is made
+        again when ``lm`` is replaced or its weights change in place (an optimizer step, a
+        loaded state). Otherwise ``lm`` itself."""
+        weights = self.lm.get_input_embeddings().weight.dtype
+        if self.dtype != torch.bfloat16 or weights == torch.bfloat16:
+            return self.lm
+        version = sum(p._version for p in self.lm.parameters())  # bumped by in-place updates
+        if self._bf16 is None or self._bf16[0] is not self.lm or self._bf16[1] != version:
+            self._bf16 = None  # free the stale copy first
+            lock = self.lm.__dict__.get("_invar_adapter_lock")  # each model gets its own lock
+            copy = deepcopy(self.lm, {id(lock): None} if lock is not None else {})
+            self._bf16 = (self.lm, version, copy.to(torch.bfloat16).eval())
+        return self._bf16[2]
+
+    def pair_scores(self, questions: Sequence[list[int]], passages: Sequence[list[int]],
+                    query_coarse: Tensor | None = None, passage_coarse: Tensor | None = None,
+                    model: nn.Module | None = None) -> Tensor:
+        """``r(q, d)`` for one batch of tokenised pairs, with gradients (training calls this;
+        serving calls it through :meth:`score_batch`): the question's log-likelihood, plus the
+        head on the question's hidden states when there is one. Coarse vectors ``[B, d_c]``
+        are needed with soft tokens. Runs under the adapter and precision this scorer was
+        built with, on ``model`` (default ``lm``; serving passes :meth:`serving_model`)."""
+        likelihood, features = self.pair_outputs(questions, passages, query_coarse,
+                                                 passage_coarse, self.head is not None, model)
+        if self.head is None:
+            return likelihood
+        return likelihood + self.head(features.to(self.head.weight.dtype))[:, 0]
+
+    def pair_outputs(self, questions: Sequence[list[int]], passages: Sequence[list[int]],
+                     query_coarse: Tensor | None = None, passage_coarse: Tensor | None = None,
+                     features: bool = False,
+                     model: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(question log-likelihood [B], features [B, H] or None)``; the features are the
+        mean final hidden state over the question's tokens (what the head reads)."""
+        model = self.lm if model is None else model
+        batch = self.tokens.batch(list(zip(questions, passages)))
+        device, width = self.device, batch.input_ids.shape[1]
+        kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask.to(device),
+                                  "position_ids": batch.position_ids.to(device),
+                                  # as indices, not a count: a sliced (strided) hidden state
+                                  # makes the LM head copy its weight once per row (~10x slower)
+                                  "logits_to_keep": torch.arange(
+                                      width - batch.targets.shape[1] - 1, width, device=device),
+                                  "output_hidden_states": features}
+        with use_adapter(model, self.adapter), self._autocast(model):
+            if batch.soft_starts is None:
+                kwargs["input_ids"] = batch.input_ids.to(device)
+            else:
+                kwargs["inputs_embeds"] = self._with_soft_tokens(model, batch, query_coarse,
+                                                                 passage_coarse)
+            out = model(**kwargs)
+        logits = out.logits[:, :-1].float()
+        targets = batch.targets.to(device)
+        mask = batch.target_mask.to(device)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+        total = (logprobs * mask).sum(-1)
+        likelihood = total / mask.sum(-1) if self.settings.normalization == "mean" else total
+        if not features:
+            return likelihood, None
+        hidden = out.hidden_states[-1][:, -targets.shape[1]:].float()  # the question positions
+        weights = mask[..., None].float()
+        return likelihood, (hidden * weights).sum(1) / weights.sum(1)
+
+    def _with_soft_tokens(self, model: nn.Module, batch: ScorerBatch,
+                          query_coarse: Tensor | None, passage_coarse: Tensor | None) -> Tensor:
+        if query_coarse is None or passage_coarse is None:
+            raise ValueError("soft tokens need the coarse vectors of queries and passages")
+        device = self.device
+        embeds = model.get_input_embeddings()(batch.input_ids.to(device))
+        m = self.settings.num_soft_tokens
+        rows = torch.arange(embeds.shape[0], device=device)[:, None]
+        steps = torch.arange(m, device=device)[None]
+        for column, coarse in ((0, passage_coarse), (1, query_coarse)):
+            soft = self.projector(coarse.to(device, torch.float32)).to(embeds.dtype)
+            embeds = embeds.index_put((rows.expand(-1, m),
+                                       batch.soft_starts[:, column:column + 1].to(device) + steps),
+                                      soft)
+        return embeds
+
+    def score_batch(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
+                    query_coarse: np.ndarray | None = None,
+                    passage_coarse: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """``r(q, d)`` for every query's candidates (float32 arrays, one per query).
+
+        Pairs of all queries are sorted by length and scored in batches, so they pad little.
+
+        Args:
+            queries: The query texts.
+            candidates: Each query's passages (``Passage`` or text).
+            query_coarse: ``[Q, d_c]`` coarse vectors of the queries (soft tokens only).
+            passage_coarse: Per query, ``[C, d_c]`` coarse vectors of its candidates (soft
+                tokens only).
+        """
+        return self._batched(queries, candidates, query_coarse, passage_coarse, False)[0]
+
+    def likelihoods_and_features(
+            self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
+            query_coarse: np.ndarray | None = None,
+            passage_coarse: Sequence[np.ndarray] | None = None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, the question log-likelihood ``[C]`` and the head's input features
+        ``[C, H]`` of each candidate (the head itself is not applied): what a head is trained
+        on while the LM stays frozen."""
+        return self._batched(queries, candidates, query_coarse, passage_coarse, True)
+
+    @torch.inference_mode()
+    def _batched(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
+                 query_coarse: np.ndarray | None, passage_coarse: Sequence[np.ndarray] | None,
+                 features: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidate lists for {len(queries)} queries")
+        with model_lock(self.lm):  # the tokenizer, its cache and eval mode: threads take turns
+            question_ids = [self.tokens.question(q) for q in queries]
+            pairs = [(qi, ci) for qi, cands in enumerate(candidates) for ci in range(len(cands))]
+            passage_ids = [self.tokens.passage(passage_text(candidates[qi][ci]))
+                           for qi, ci in pairs]
+            width = self.lm.get_input_embeddings().embedding_dim
+            scores = [np.zeros(len(c), dtype=np.float32) for c in candidates]
+            found = [np.zeros((len(c), width if features else 0), np.float32)
+                     for c in candidates]
+            order = sorted(range(len(pairs)), key=lambda i: -(len(passage_ids[i])
+                                                              + len(question_ids[pairs[i][0]])))
+            was_training = self.lm.training
+            self.lm.eval()
+            model = self.serving_model()
+            try:
+                for chunk in _chunks(order, self.batch_size):
+                    coarse = self._chunk_coarse(chunk, pairs, query_coarse, passage_coarse)
+                    questions = [question_ids[pairs[i][0]] for i in chunk]
+                    passages = [passage_ids[i] for i in chunk]
+                    if features:
+                        values, vectors = self.pair_outputs(questions, passages, *coarse, True,
+                                                            model)
+                        vectors = vectors.cpu().numpy()
+                    else:
+                        values = self.pair_scores(questions, passages, *coarse, model)
+                    for j, (i, value) in enumerate(zip(chunk, values.tolist())):
+                        scores[pairs[i][0]][pairs[i][1]] = value
+                        if features:
+                            found[pairs[i][0]][pairs[i][1]] = vectors[j]
+            finally:
+                self.lm.train(was_training)
+        return scores, found
+
+    def _chunk_coarse(self, chunk: list[int], pairs: list[tuple[int, int]],
+                      query_coarse: np.ndarray | None,
+                      passage_coarse: Sequence[np.ndarray] | None) -> tuple[Tensor | None, ...]:
+        """The coarse vectors of a chunk's queries and passages (soft tokens only)."""
+        if not self.settings.num_soft_tokens:
+            return None, None
+        if query_coarse is None or passage_coarse is None:
+            raise ValueError("soft tokens need query_coarse and passage_coarse")
+        return (torch.from_numpy(np.stack([query_coarse[pairs[i][0]] for i in chunk])),
+                torch.from_numpy(np.stack([passage_coarse[pairs[i][0]][pairs[i][1]]
+                                           for i in chunk])))
+
+    def score(self, query: str, passages: Sequence[Passage | str]) -> np.ndarray:
+        """``r(query, d)`` for each passage (an empty list gives an empty array)."""
+        return self.score_batch([query], [passages])[0]
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
