@@ -49,7 +49,7 @@ BASELINES = ("bm25", "minilm", "rrf", "minilm-ft", "minilm-adapter")
 ZERO_SHOT = ("upr-zero-shot", "upr-zero-shot-minilm", "upr-zero-shot-gemma")
 DEPTHS = (5, 10, 20)
 KS = (1, 5, 10, 20)
-ROBUST_DEPTH = 10
+COMPARE_DEPTH = 10  # the depth of the side-by-side rows (Gemma, MiniLM stage 1, naive time)
 
 
 def train_systems(names: list[str], config: Path) -> None:
@@ -177,11 +177,14 @@ class CachedSearch:
 
 
 def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list[dict]:
-    """Score stage 1's top ``max(depths)`` once; rank the top ``d`` of them for each depth."""
+    """Score stage 1's top ``max(depths)`` once; rank the top ``d`` of them for each depth
+    (depth ``shipped`` also gives the rows named ``name``). The retriever's depth is left as
+    it was."""
     from tqdm.auto import tqdm
 
     from invar_rag_integrations.retrieval.invar_retriever import top_k
 
+    own_depth = retriever.settings.candidates
     retriever.settings.candidates = max(depths)
     queries = [q.question for q in questions]
     proposed, scores = [], []
@@ -198,7 +201,7 @@ def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list
         rows += _accuracy(f"{name}-k{depth}", questions, results, by_id, ks)
         if depth == shipped:
             rows += _accuracy(name, questions, results, by_id, ks)
-    retriever.settings.candidates = shipped
+    retriever.settings.candidates = own_depth
     return rows
 
 
@@ -297,16 +300,16 @@ def _two_stage(system: str, data: str | None, questions, by_id, corpus, robust, 
     if system == "upr-zero-shot":
         rows += _depth_rows(system, retriever, questions, by_id, DEPTHS, shipped)
         rows += _depth_rows("upr-zero-shot-smollm2", retriever, gemma_questions, by_id,
-                            (ROBUST_DEPTH,), ROBUST_DEPTH)
+                            (COMPARE_DEPTH,), COMPARE_DEPTH)
         rows += _two_stage_latency(system, retriever, latency, DEPTHS)
-        rows += _naive_latency(retriever, latency[:10], ROBUST_DEPTH)
+        rows += _naive_latency(retriever, latency[:10], COMPARE_DEPTH)
         rows += _robustness(system, CachedSearch(retriever), robust, by_id, 5)
     elif system == "upr-zero-shot-gemma":
-        rows += _depth_rows(system, retriever, gemma_questions, by_id, (ROBUST_DEPTH,),
-                            ROBUST_DEPTH)
-        rows += _two_stage_latency(system, retriever, latency[:10], (ROBUST_DEPTH,))
+        rows += _depth_rows(system, retriever, gemma_questions, by_id, (COMPARE_DEPTH,),
+                            COMPARE_DEPTH)
+        rows += _two_stage_latency(system, retriever, latency[:10], (COMPARE_DEPTH,))
     elif system == "upr-zero-shot-minilm":
-        rows += _depth_rows(system, retriever, questions, by_id, (ROBUST_DEPTH,), ROBUST_DEPTH)
+        rows += _depth_rows(system, retriever, questions, by_id, (COMPARE_DEPTH,), COMPARE_DEPTH)
     else:  # a trained system at its own depth
         rows += _depth_rows(system, retriever, questions, by_id, (shipped,), shipped)
         rows += _two_stage_latency(system, retriever, latency, (shipped,))

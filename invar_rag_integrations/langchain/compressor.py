@@ -12,9 +12,10 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, PrivateAttr
 
-from ..retrieval.base import check_instance, check_k, check_text
+from ..retrieval.base import check_k, check_text
 from ..retrieval.invar_retriever import InvarReranker as CoreReranker
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import stage2_of
 from .retriever import document_id, document_passage
 
 
@@ -34,10 +35,7 @@ class InvarReranker(BaseDocumentCompressor):
 
     def __init__(self, *, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 3):
         super().__init__(top_n=check_k(top_n, "top_n"))
-        check_instance(retriever, (CoreInvarRetriever, CoreReranker), "retriever",
-                       "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
-        self._core = retriever.reranker if isinstance(retriever, CoreInvarRetriever) \
-            else retriever
+        self._core = stage2_of(retriever)
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:

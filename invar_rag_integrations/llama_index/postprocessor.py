@@ -10,9 +10,10 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ..retrieval.base import check_instance, check_k, check_text
+from ..retrieval.base import check_k, check_text
 from ..retrieval.invar_retriever import InvarReranker as CoreReranker
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
+from ..retrieval.invar_retriever import stage2_of
 from ._convert import node_text
 
 KEPT_SCORE = "retrieval_score"
@@ -34,10 +35,7 @@ class InvarReranker(BaseNodePostprocessor):
 
     def __init__(self, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 2):
         super().__init__(top_n=check_k(top_n, "top_n"))
-        check_instance(retriever, (CoreInvarRetriever, CoreReranker), "retriever",
-                       "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
-        self._core = retriever.reranker if isinstance(retriever, CoreInvarRetriever) \
-            else retriever
+        self._core = stage2_of(retriever)
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:

@@ -95,6 +95,13 @@ def check_invar_retriever(retriever: Any) -> InvarRetriever:
                           "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
 
 
+def stage2_of(retriever: Any) -> InvarReranker:
+    """For the framework rerankers: stage 2 of a loaded Invar retriever, or a core reranker."""
+    check_instance(retriever, (InvarRetriever, InvarReranker), "retriever",
+                   "InvarRetriever.from_pretrained(system_dir) or InvarRAG(...).retriever")
+    return retriever.reranker if isinstance(retriever, InvarRetriever) else retriever
+
+
 class InvarReranker:
     """Stage 2 over any candidates: the Invar scorer fused with the coarse cosine.
 
