@@ -111,7 +111,7 @@ def test_shipped_system_answers_through_both_frameworks():
     rag = InvarRAG.from_pretrained(SHIPPED_SYSTEM)
     documents = [Document(page_content=p.text, metadata={"title": p.title}, id=p.id)
                  for p in demo_passages()]
-    chain = lc.build_rag_chain(lc.InvarRetriever.from_documents(documents, rag, k=2),
+    chain = lc.build_rag_chain(lc.InvarRetriever.from_documents(documents, rag.retriever, k=2),
                                lc.InvarLLM(pipeline=rag))
     result = chain.invoke(python.question)
     assert result["answer"] in python.answers
