@@ -68,3 +68,10 @@ def test_f1_hand_worked():
     assert f1_score("red", ["blue", "red car"]) == pytest.approx(2 / 3)
     assert f1_score("a", ["the"]) == 1.0  # both normalise to nothing
     assert f1_score("cat", ["dog"]) == 0.0
+
+
+def test_accuracy_by_dataset_averages_datasets_not_questions() -> None:
+    from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset
+
+    table = accuracy_by_dataset(["nq", "nq", "nq", "nq", "squad"], [1, 1, 1, 0, 0])
+    assert table == {"nq": 0.75, "squad": 0.0, "mean": 0.375}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.metrics import first_hit_rank
+from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, first_hit_rank
 
 from .candidates import mine_candidates
 
@@ -97,13 +97,10 @@ def _questions(split: str, per_dataset: int | None, data_dir: str | None) -> lis
 def tuning_accuracy(questions: Sequence[Question], ranked: Sequence[Sequence[str]],
                     passages: dict[str, Passage]) -> dict[str, float]:
     """Acc@1 per dataset and their mean (``mean``) for ranked passage ids."""
-    hits: dict[str, list[bool]] = {}
-    for q, ids in zip(questions, ranked):
-        hits.setdefault(q.dataset, []).append(
-            first_hit_rank(q.answers, [passages[i].full_text() for i in ids[:1]]) == 0)
-    table = {d: float(np.mean(h)) for d, h in hits.items()}
-    table["mean"] = float(np.mean(list(table.values())))
-    return table
+    return accuracy_by_dataset(
+        [q.dataset for q in questions],
+        [first_hit_rank(q.answers, [passages[i].full_text() for i in ids[:1]]) == 0
+         for q, ids in zip(questions, ranked)])
 
 
 # --- minilm-adapter ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset
 from invar_rag_integrations.retrieval.scorer import InvarScorer, zero_head
 
 from .losses import InvarRetrievalLoss
@@ -137,12 +138,7 @@ def tuning_accuracy(model: HeadScore, tune: FeatureSet) -> dict[str, float]:
     with torch.no_grad():
         scores = model(tune)[:, 0].masked_fill(~tune.mask, -1e9)
     top = tune.positives[torch.arange(len(scores)), scores.argmax(-1)].tolist()
-    table: dict[str, list[bool]] = {}
-    for dataset, hit in zip(tune.datasets, top):
-        table.setdefault(dataset, []).append(hit)
-    result = {d: float(np.mean(h)) for d, h in table.items()}
-    result["mean"] = float(np.mean(list(result.values())))
-    return result
+    return accuracy_by_dataset(tune.datasets, top)
 
 
 def train_head(train: FeatureSet, tune: FeatureSet | None, loss: InvarRetrievalLoss,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.metrics import has_answer
+from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, has_answer
 from invar_rag_integrations.retrieval.invar_retriever import InvarReranker, fused_score
 
 from .losses import InvarRetrievalLoss
@@ -159,17 +159,14 @@ def tuning_accuracy(model: ScorerTrainingModel, questions: Sequence[Question],
     scorer = model.reranker.scorer
     lm = scorer.score_batch([q.question for q in questions], candidates, query_coarse,
                             passage_coarse)
-    hits: dict[str, list[bool]] = defaultdict(list)
+    hits = []
     for q, cands, r, qc, pc, b in zip(questions, candidates, lm, query_coarse, passage_coarse,
                                       bm25):
         with torch.no_grad():
             s = model.weights(torch.from_numpy(r), torch.from_numpy(pc @ qc),
                               torch.from_numpy(b)).numpy()
-        top = cands[int(np.argmax(s))]
-        hits[q.dataset].append(has_answer(q.answers, top.full_text()))
-    table = {d: float(np.mean(h)) for d, h in hits.items()}
-    table["mean"] = float(np.mean(list(table.values())))
-    return table
+        hits.append(has_answer(q.answers, cands[int(np.argmax(s))].full_text()))
+    return accuracy_by_dataset([q.dataset for q in questions], hits)
 
 
 def trained_state(model: nn.Module) -> dict[str, Tensor]:

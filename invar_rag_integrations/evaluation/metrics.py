@@ -48,6 +48,17 @@ def first_hit_rank(answers: Sequence[str], ranked_texts: Sequence[str]) -> int |
     return None
 
 
+def accuracy_by_dataset(datasets: Sequence[str], hits: Sequence[bool]) -> dict[str, float]:
+    """The share of hits per dataset, plus ``mean``: the unweighted mean over datasets (what
+    tuning curves and early stopping compare)."""
+    grouped: dict[str, list[bool]] = {}
+    for dataset, hit in zip(datasets, hits):
+        grouped.setdefault(dataset, []).append(bool(hit))
+    table = {d: sum(h) / len(h) for d, h in grouped.items()}
+    table["mean"] = sum(table.values()) / len(table)
+    return table
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD's answer normalisation: lower case, drop punctuation and articles, fold spaces."""
     text = _strip_punctuation(unicodedata.normalize("NFD", text).lower(), "")
