@@ -151,13 +151,16 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
     if scorer.head is not None:
         with torch.no_grad():
             r = r + scorer.head(torch.from_numpy(features))[:, 0].numpy()
+    settings = retriever.settings
     query_coarse = retriever.reranker.coarse(queries)
+    bm25 = retriever.bm25_term(queries, [p.ids for p in proposed]) if settings.bm25_weight \
+        else None
     out, start = [], 0
-    for qc, result in zip(query_coarse, proposed):
+    for n, (qc, result) in enumerate(zip(query_coarse, proposed)):
         stop = start + len(result.ids)
         cosine = retriever.passage_coarse(result.ids) @ qc
-        out.append(fused_score(r[start:stop], cosine, retriever.settings.cos_weight,
-                               retriever.settings.tau))
+        out.append(fused_score(r[start:stop], cosine, settings.cos_weight, settings.tau,
+                               bm25[n] if bm25 is not None else None, settings.bm25_weight))
         start = stop
     return out
 
