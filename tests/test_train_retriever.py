@@ -116,6 +116,9 @@ def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
     resumed.score([("new prompt", "x")])
     assert len(LSRScorer(lm, tokenizer, cache).cache) == 3  # the new line is intact
     assert resumed.computed == 1
+    with pytest.raises(ValueError, match=f"built with base model {lm.invar_source.identity}.*"
+                                         "base model is other-model"):
+        LSRScorer(lm, tokenizer, cache, model_identity="other-model")
 
 
 def test_config_with_unknown_keys_is_an_error(tmp_path: Path) -> None:

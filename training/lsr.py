@@ -43,19 +43,29 @@ class LSRScorer:
         model: A causal LM (no adapter active), in eval mode.
         tokenizer: Its tokenizer.
         cache_file: JSON-lines cache (created if missing); ``None`` disables caching.
+        model_identity: The base model's identity (``model.invar_source.identity`` when not
+            given): recorded in a new cache file and checked against an existing one.
         batch_size: Prompts per forward pass (sorted by length to pad little).
         show_progress: Progress bar over the prompts still to score.
     """
 
     def __init__(self, model: Any, tokenizer: Any, cache_file: str | os.PathLike[str] | None,
-                 batch_size: int = 16, show_progress: bool = True):
+                 batch_size: int = 16, show_progress: bool = True,
+                 model_identity: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.show_progress = batch_size, show_progress
         self.cache_file = Path(cache_file) if cache_file is not None else None
+        self.model_identity = model_identity or getattr(
+            getattr(model, "invar_source", None), "identity", "unknown")
         self.cache: dict[str, float] = {}
         self.computed = 0  # prompts scored by the LM (not from the cache) by this scorer
         if self.cache_file is not None and self.cache_file.is_file():
-            self.cache = _read_cache(self.cache_file)
+            built_with, self.cache = _read_cache(self.cache_file)
+            if built_with is not None and built_with != self.model_identity:
+                raise ValueError(f"the LSR cache {self.cache_file} was built with base model "
+                                 f"{built_with}, but this run's base model is "
+                                 f"{self.model_identity}; point lsr_cache_dir elsewhere or "
+                                 f"delete the file")
             with self.cache_file.open("rb+") as handle:  # end a line cut short by a kill
                 handle.seek(0, os.SEEK_END)
                 if handle.tell() and (handle.seek(-1, os.SEEK_END), handle.read(1))[1] != b"\n":
@@ -114,19 +124,25 @@ class LSRScorer:
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         with self.cache_file.open("a", encoding="utf-8") as handle:
+            if not handle.tell():
+                handle.write(json.dumps({"model": self.model_identity}) + "\n")
             handle.writelines(json.dumps({"k": k, "lp": v}) + "\n" for k, v in fresh.items())
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def _read_cache(path: Path) -> dict[str, float]:
-    """Read a cache file, ignoring a line cut short by a killed run."""
-    cache = {}
+def _read_cache(path: Path) -> tuple[str | None, dict[str, float]]:
+    """``(the base model it records, scores)`` of a cache file, ignoring a line cut short by a
+    killed run."""
+    model, cache = None, {}
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             try:
                 record = json.loads(line)
-                cache[record["k"]] = float(record["lp"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if "model" in record:
+                    model = str(record["model"])
+                else:
+                    cache[record["k"]] = float(record["lp"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue
-    return cache
+    return model, cache
