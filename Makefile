@@ -28,13 +28,15 @@ bench: install
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.generation_stage
 
-# Re-creates the small system that `make demo` runs (shipped in the package): the zero-shot
-# two-stage retriever (no retriever training yet), then the generator trained on what it
-# returns, then only the files the system needs.
+# Re-creates the small system that `make demo` runs (shipped in the package): the Invar
+# scorer trained with the CPU configuration (its best tuning step, step 0 = zero-shot
+# included), then the generator trained on what that retriever returns, then only the files
+# the system needs.
 SYSTEM_RUN := runs/retriever_smollm2_cpu
 SHIPPED := invar_rag_integrations/demo/system
 demo-system: install
-	$(VENV)/bin/invar-rag init-system $(SYSTEM_RUN)
+	$(VENV)/bin/invar-rag train-retriever training/configs/retriever_smollm2_cpu.json \
+	    --output_dir $(SYSTEM_RUN)
 	$(VENV)/bin/invar-rag train-generator training/configs/generator_smollm2_cpu.json
 	rm -rf $(SHIPPED) && mkdir -p $(SHIPPED)
 	for part in invar_rag.json retriever projector.safetensors head.safetensors generator; do \

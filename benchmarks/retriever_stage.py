@@ -14,8 +14,8 @@ same questions for every system), in one run:
    into ``benchmarks/systems/``
    from ``training/configs/retriever_smollm2_cpu.json`` with shared caches: ``invar`` (the CPU
    configuration), ``invar-no-invar``, ``invar-no-align``, ``invar-nce-only``, ``invar-head``
-   (a head on the frozen LM's question states) and ``invar-seed1`` (another seed: other
-   training questions, the noise floor);
+   (a head on the frozen LM's question states) and ``invar-seed1`` (another training seed on
+   the same questions: the noise floor of training);
 5. robustness (Acc@5 on every seeded rewrite kind, top-5 Jaccard with the original query) on at
    most ``--robustness-sample`` questions per dataset;
 6. speed: single-query latency p50/p95 of every system (the two-stage one at each depth), the

@@ -83,6 +83,9 @@ class DataArguments:
     context_words: list[int] = field(
         default_factory=list,
         metadata={"help": "context resizings: answer-centred windows of this many words"})
+    question_seed: int = field(
+        default=0, metadata={"help": "seed of the question sample and the rewrites (``seed`` "
+                                     "is training's: a second seed re-trains on the same data)"})
     lsr_batch_size: int = 16
     lsr_cache_dir: str | None = field(
         default=None, metadata={"help": "default: $INVAR_RAG_CACHE/lsr (shared by runs: scores "
@@ -293,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         passages = odqa_corpus(data.data_dir)
         by_id = {p.id: p for p in passages}
         questions, tune = select_questions(data.train_datasets, data.questions_per_dataset,
-                                           data.tune_questions_per_dataset, train_args.seed,
+                                           data.tune_questions_per_dataset, data.question_seed,
                                            data.data_dir)
         # the zero-shot two-stage retriever: stage 1 here, and its index is saved in step 7
         retriever = InvarRetriever(InvarReranker(InvarScorer(
@@ -313,13 +316,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if data.lm_paraphrases:
             from invar_rag_integrations.generation.hf import HFGenerator
 
-            torch.manual_seed(train_args.seed)
+            torch.manual_seed(data.question_seed)
             paraphrases = lm_paraphrases([q.question for q in questions],
                                          HFGenerator(lm, tokenizer), data.lm_paraphrases)
             width = min(len(p) for p in paraphrases)  # every example needs the same V
             paraphrases = [p[:width] for p in paraphrases]
         variants = [make_variants(q.question, data.rewrite_kinds, data.num_rewrites,
-                                  data.context_words, train_args.seed, para)
+                                  data.context_words, data.question_seed, para)
                     for q, para in zip(questions, paraphrases)]
         cache = lsr_cache_file(data.lsr_cache_dir or cache_dir() / "lsr",
                                lm.invar_source.identity)
