@@ -147,7 +147,7 @@ def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
     manifest = json.loads((system / "invar_rag.json").read_text())
     metrics = manifest["metrics"]["retriever"]
     questions, tune = select_questions(["nq", "squad", "popqa_longtail", "freebaseqa"],
-                                       [2, 2, 1, 2], 1, 42, str(odqa_dir))
+                                       [2, 2, 1, 2], 1, 0, str(odqa_dir))
     assert metrics["train_examples"] == len(questions) and metrics["train_samples_per_second"] > 0
     curve = metrics["tuning_curve"]
     assert tune and curve[0]["step"] == 0 and [r["step"] for r in curve] == sorted(
@@ -159,6 +159,7 @@ def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
     assert (system / "index" / "passages.jsonl").is_file()
     assert list((Path(os.environ["INVAR_RAG_CACHE"]) / "lsr").glob("lsr-*.jsonl"))
     retriever = make_retriever(str(system))
+    assert retriever.name == "invar"
     assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
 
 
@@ -342,3 +343,6 @@ def test_a_frozen_lm_trains_the_head_on_cached_outputs(
     again = train_retriever.main([str(config), "--output_dir", str(tmp_path / "again")])
     assert json.loads((again / "invar_rag.json").read_text())["retriever"]["hash"] == \
         manifest["retriever"]["hash"]  # cached outputs, seeded: the same head
+    weights_only = train_retriever.main([str(config), "--head", "false",
+                                         "--output_dir", str(tmp_path / "weights")])
+    assert make_retriever(str(weights_only)).name == "invar"  # trained: not "upr-zero-shot"

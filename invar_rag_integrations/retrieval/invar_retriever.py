@@ -197,14 +197,17 @@ class InvarRetriever(Retriever):
         system_hash: Identity of the scorer (``retriever.hash`` of the manifest).
         system_dir: The system directory, when it was loaded from one.
         show_progress: Progress bars while indexing.
+        trained: Its scorer was trained (named ``invar``; else ``upr-zero-shot`` unless it has
+            an adapter or a head).
     """
 
     kind = "invar"
 
     def __init__(self, reranker: InvarReranker, system_hash: str,
-                 system_dir: str | os.PathLike[str] | None = None, show_progress: bool = True):
+                 system_dir: str | os.PathLike[str] | None = None, show_progress: bool = True,
+                 trained: bool = False):
         super().__init__()
-        self.reranker, self.system_hash = reranker, system_hash
+        self.reranker, self.system_hash, self.trained = reranker, system_hash, trained
         self.system_dir = Path(system_dir).resolve() if system_dir is not None else None
         self.show_progress = show_progress
         self.stage1 = make_stage1(self.settings.stage1, reranker.coarse_encoder, show_progress)
@@ -226,7 +229,8 @@ class InvarRetriever(Retriever):
 
     @property
     def name(self) -> str:
-        return "upr-zero-shot" if self.scorer.adapter is None else "invar"
+        untrained = not self.trained and self.scorer.adapter is None and self.scorer.head is None
+        return "upr-zero-shot" if untrained else "invar"
 
     def identity(self) -> str:
         settings = json.dumps(asdict(self.settings), sort_keys=True)
@@ -260,6 +264,7 @@ class InvarRetriever(Retriever):
         from .artifacts import load_reranker
 
         reranker, manifest = load_reranker(system_dir, base_model, precision)
+        kwargs.setdefault("trained", "retriever" in manifest.get("metrics", {}))
         retriever = cls(reranker, manifest["retriever"]["hash"], system_dir, **kwargs)
         default = Path(system_dir) / INDEX_DIR
         if index is not None or (default / INDEX_MANIFEST).is_file():
@@ -270,7 +275,7 @@ class InvarRetriever(Retriever):
         """A retriever sharing this one's scorer and settings, without an index: for searching
         another corpus without replacing this one's index."""
         return InvarRetriever(self.reranker, self.system_hash, self.system_dir,
-                              self.show_progress)
+                              self.show_progress, self.trained)
 
     # --- indexing -------------------------------------------------------------------------
 
