@@ -136,9 +136,9 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
     """``retriever.candidate_scores``; for a scorer without an adapter (zero-shot, or a head on
     the frozen LM), from its cached likelihoods and features, so systems that share the frozen
     LM share one forward pass per pair (``pair_scores`` = likelihood + head(features), tested)."""
+    import numpy as np
     import torch
 
-    from invar_rag_integrations.retrieval import fused_score
     from invar_rag_integrations.retrieval.scorer import passage_text
     from training.head_trainer import scorer_outputs
 
@@ -151,18 +151,8 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
     if scorer.head is not None:
         with torch.no_grad():
             r = r + scorer.head(torch.from_numpy(features))[:, 0].numpy()
-    settings = retriever.settings
-    query_coarse = retriever.reranker.coarse(queries)
-    bm25 = retriever.bm25_term(queries, [p.ids for p in proposed]) if settings.bm25_weight \
-        else None
-    out, start = [], 0
-    for n, (qc, result) in enumerate(zip(query_coarse, proposed)):
-        stop = start + len(result.ids)
-        cosine = retriever.passage_coarse(result.ids) @ qc
-        out.append(fused_score(r[start:stop], cosine, settings.cos_weight, settings.tau,
-                               bm25[n] if bm25 is not None else None, settings.bm25_weight))
-        start = stop
-    return out
+    bounds = np.cumsum([len(p.ids) for p in proposed])[:-1]
+    return retriever.candidate_scores(queries, proposed, np.split(r, bounds))
 
 
 class CachedSearch:

@@ -126,16 +126,19 @@ class InvarReranker:
     def scores(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
                query_coarse: np.ndarray | None = None,
                passage_coarse: Sequence[np.ndarray] | None = None,
-               bm25: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+               bm25: Sequence[np.ndarray] | None = None,
+               lm: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         """``s(q, d)`` for each query's candidates; coarse vectors are computed when not given
-        (the retriever passes the ones its index holds, and the BM25 term when it has one)."""
+        (the retriever passes the ones its index holds, and the BM25 term when it has one), and
+        so is the scorer's ``r`` (``lm``: already computed, e.g. from a cache)."""
         if query_coarse is None:
             query_coarse = self.coarse(queries)
         if passage_coarse is None:
             passage_coarse = [self.coarse([passage_text(p) if isinstance(p, str)
                                            else p.full_text() for p in cands])
                               for cands in candidates]
-        lm = self.scorer.score_batch(queries, candidates, query_coarse, passage_coarse)
+        if lm is None:
+            lm = self.scorer.score_batch(queries, candidates, query_coarse, passage_coarse)
         bm25 = bm25 if bm25 is not None else [None] * len(lm)
         return [fused_score(r, pc @ qc, self.settings.cos_weight, self.settings.tau, b,
                             self.settings.bm25_weight)
@@ -312,15 +315,16 @@ class InvarRetriever(Retriever):
         """The indexed coarse vectors ``c(d)`` of passages ``ids``."""
         return self._coarse[[self._rows[i] for i in ids]]
 
-    def candidate_scores(self, queries: list[str],
-                         proposed: Sequence[SearchResult]) -> list[np.ndarray]:
-        """Stage 2: the fused score ``s`` of each stage-1 candidate, in stage 1's order."""
+    def candidate_scores(self, queries: list[str], proposed: Sequence[SearchResult],
+                         lm: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Stage 2: the fused score ``s`` of each stage-1 candidate, in stage 1's order
+        (``lm``: the scorer's ``r`` of the candidates when already computed)."""
         query_coarse = self.reranker.coarse(queries)
         passage_coarse = [self.passage_coarse(r.ids) for r in proposed]
         return self.reranker.scores(queries, [[self.passages[i] for i in r.ids]
                                               for r in proposed], query_coarse, passage_coarse,
                                     self.bm25_term(queries, [r.ids for r in proposed])
-                                    if self.settings.bm25_weight else None)
+                                    if self.settings.bm25_weight else None, lm)
 
     def bm25_term(self, queries: list[str], ids: list[list[str]]) -> list[np.ndarray] | None:
         """The BM25 feature of each candidate (``None`` when stage 1 has no BM25)."""
