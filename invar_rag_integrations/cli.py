@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
+from .rag import GENERATION_BACKENDS
 from .retrieval import RETRIEVER_NAMES, InvarSettings
 from .retrieval.invar_retriever import STAGE1
 
@@ -69,7 +70,7 @@ def _eval_qa(args: argparse.Namespace) -> None:
     questions = sample_per_dataset(odqa_questions(args.split, args.datasets, data=args.data_dir),
                                    args.sample, args.seed)
     rows = compare_systems(args.system, questions, odqa_corpus(args.data_dir), args.split,
-                           args.systems, args.batch_size)
+                           args.systems, args.batch_size, backend=args.backend)
     print(pivot_table([r for r in rows if r["dataset"] != "all"], ["em", "f1"]))
     print(pivot_table([r for r in rows if r["dataset"] == "all"],
                       ["tokens_per_s", "s_per_question"]))
@@ -110,9 +111,16 @@ def _init_system(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from .demo import SHIPPED_SYSTEM
     from .demo.run import DemoSettings, run_demo
 
-    run_demo(DemoSettings(args.system) if args.system else DemoSettings())
+    run_demo(DemoSettings(args.system or SHIPPED_SYSTEM, args.backend))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serving import serve
+
+    serve(args.system, args.host, args.port, args.api_key, args.engine_args)
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a fixed seeded sample of N questions per dataset (default: all)")
     qa.add_argument("--seed", type=int, default=0)
     qa.add_argument("--batch-size", type=_positive_int, default=8)
+    qa.add_argument("--backend", choices=GENERATION_BACKENDS, default="hf",
+                    help="generate with HF + peft (default) or one vLLM engine for all systems")
     qa.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                        "../shared/data)")
     qa.add_argument("--output", help="results JSON (default: eval-qa-SPLIT.json)")
@@ -186,9 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stage-1 candidates the scorer reads per query")
     init.set_defaults(func=_init_system)
 
+    serve = commands.add_parser(
+        "serve", help="serve a system's base model and adapters with vLLM's OpenAI-compatible "
+                      "server (needs: make install-vllm)")
+    serve.add_argument("system", help="trained system directory (with a generator)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--api-key", help="clients must send this key (default: none)")
+    serve.add_argument("engine_args", nargs=argparse.REMAINDER,
+                       help="after --: vllm serve flags, e.g. -- --max-model-len 2048")
+    serve.set_defaults(func=_serve)
+
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
     demo.add_argument("--system", help="trained system directory (default: the small system "
                                        "the package ships)")
+    demo.add_argument("--backend", choices=GENERATION_BACKENDS, default="hf",
+                      help="generate with HF + peft (default) or a vLLM engine")
     demo.set_defaults(func=_demo)
     return parser
 

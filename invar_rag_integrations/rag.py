@@ -12,8 +12,12 @@ from typing import Any
 
 from .data import Passage, check_corpus, load_passages
 from .generation import FittedPrompt, HFGenerator, PromptTemplate
-from .generation.artifacts import GENERATOR_ADAPTER, GeneratorSettings, load_generator
-from .models.adapters import model_lock
+from .generation.artifacts import (
+    GENERATOR_ADAPTER,
+    GeneratorSettings,
+    generator_entry,
+    load_generator,
+)
 from .retrieval.base import (
     PASSAGES_FILE,
     Retriever,
@@ -23,6 +27,8 @@ from .retrieval.base import (
     check_queries,
     check_text,
 )
+
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 def check_pipeline(pipeline: Any) -> RAGPipeline:
@@ -84,7 +90,8 @@ class RAGPipeline:
     """Retrieve the top-``k`` passages, put them in the prompt, generate a short answer.
 
     Args:
-        generator: The HF generator (its model may hold several adapters).
+        generator: An :class:`HFGenerator` (its model may hold several adapters) or a
+            ``VLLMGenerator`` (an engine serving several adapters).
         retriever: An indexed retriever, or ``None`` for closed-book answers.
         passages: The indexed passages (their texts go into prompts).
         settings: ``k``, token budgets (the LoRA fields are unused here).
@@ -93,7 +100,7 @@ class RAGPipeline:
         batch_size: Generation batch size.
     """
 
-    def __init__(self, generator: HFGenerator, retriever: Retriever | None = None,
+    def __init__(self, generator: Any, retriever: Retriever | None = None,
                  passages: Sequence[Passage] = (), settings: GeneratorSettings | None = None,
                  template: PromptTemplate | None = None, adapter: str | None = None,
                  batch_size: int = 8):
@@ -143,8 +150,7 @@ class RAGPipeline:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for the generator (the tokenizer may be shared across threads)."""
-        with model_lock(self.generator.model):
-            return len(self.generator.tokenizer(text)["input_ids"])
+        return self.generator.count_tokens(text)
 
     def prompt(self, question: str, sources: Sequence[Source]) -> FittedPrompt:
         """The prompt for ``question`` within the token budget (warns once when it is cut)."""
@@ -192,7 +198,7 @@ class RAGPipeline:
     @property
     def context_window(self) -> int:
         """The base model's context length in tokens (prompt plus answer)."""
-        return self.generator.model.config.max_position_embeddings
+        return self.generator.context_window
 
     def complete(self, prompt: str, stop: Sequence[str] = ("\n",)) -> str:
         """The generator's greedy completion of an already formatted prompt, stripped of
@@ -232,6 +238,7 @@ class InvarRAG(RAGPipeline):
                         index: str | os.PathLike[str] | None = None,
                         base_model: str | None = None,
                         generator_dir: str | os.PathLike[str] | None = None,
+                        backend: str = "hf", engine_options: dict[str, Any] | None = None,
                         **kwargs: Any) -> InvarRAG:
         """Load base model, coarse encoder, the scorer (with its adapter or head, if any), the
         generator adapter and the index of one system.
@@ -244,16 +251,35 @@ class InvarRAG(RAGPipeline):
             index: A saved index folder (default ``<system_dir>/index`` when present).
             base_model: Override the base model location (must be the same model).
             generator_dir: Take the generator adapter from another system directory.
+            backend: ``hf`` (the generator adapter on the scorer's copy of the base model) or
+                ``vllm`` (a vLLM engine serving the base model and the generator adapter;
+                retrieval stays in-process).
+            engine_options: ``vllm.LLM`` settings for the ``vllm`` backend.
             **kwargs: Passed to the constructor (e.g. ``batch_size``).
         """
         from .retrieval import InvarRetriever
+        from .retrieval.artifacts import base_of, model_identity
         from .retrieval.invar_retriever import INDEX_DIR
 
+        if backend not in GENERATION_BACKENDS:
+            raise ValueError(f"backend must be one of {GENERATION_BACKENDS}, got {backend!r}")
+        if engine_options and backend != "vllm":
+            raise ValueError("engine_options are settings of the vllm backend")
         retriever = InvarRetriever.from_pretrained(system_dir, index, base_model)
-        lm, settings, template = load_generator(retriever.scorer.lm,
-                                                generator_dir or system_dir)
-        retriever.scorer.lm = lm  # one base model, now holding both adapters
-        generator = HFGenerator(lm, retriever.scorer.tokenizer)
+        if backend == "vllm":
+            from .generation.vllm_backend import VLLMGenerator
+
+            base = base_of(retriever.scorer.lm)
+            folder, settings, template = generator_entry(generator_dir or system_dir,
+                                                         model_identity(base))
+            generator: Any = VLLMGenerator(base.invar_source.path, {GENERATOR_ADAPTER: folder},
+                                           name=base.invar_source.name,
+                                           **(engine_options or {}))
+        else:
+            lm, settings, template = load_generator(retriever.scorer.lm,
+                                                    generator_dir or system_dir)
+            retriever.scorer.lm = lm  # one base model, now holding both adapters
+            generator = HFGenerator(lm, retriever.scorer.tokenizer)
         passages: list[Passage] = []
         if isinstance(corpus, (str, os.PathLike)):
             passages = load_passages(corpus)

@@ -200,3 +200,23 @@ def ticks_while(awaitables: list) -> tuple[int, list]:
         return ticks, results
 
     return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def shipped_rag():
+    """The shipped system on the HF backend over the demo corpus (real SmolLM2 and MiniLM)."""
+    from invar_rag_integrations.demo import SHIPPED_SYSTEM, demo_passages
+    from invar_rag_integrations.rag import InvarRAG
+
+    rag = InvarRAG.from_pretrained(SHIPPED_SYSTEM, corpus=demo_passages())
+    rag.retriever.show_progress = False
+    return rag
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

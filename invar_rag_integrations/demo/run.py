@@ -16,9 +16,11 @@ from . import SHIPPED_SYSTEM, demo_passages, demo_questions
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Which trained system to run (default: the small one the project ships)."""
+    """Which trained system to run (default: the small one the project ships) and which
+    generation backend (``hf`` or ``vllm``)."""
 
     system: str | os.PathLike[str] = SHIPPED_SYSTEM
+    backend: str = "hf"
 
 
 def _show(label: str, answer: Answer, gold: tuple[str, ...]) -> float:
@@ -35,10 +37,11 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, float]:
     print(f"[1/4] loading Invar-RAG from {system} and indexing the demo corpus")
     started = time.perf_counter()
     passages = demo_passages()
-    rag = InvarRAG.from_pretrained(system, corpus=passages)
+    rag = InvarRAG.from_pretrained(system, corpus=passages, backend=settings.backend)
     rag.retriever.show_progress = False
     print(f"      base model, coarse encoder, scorer and generator adapter "
-          f"loaded, {len(passages)} passages indexed in {time.perf_counter() - started:.1f} s")
+          f"({settings.backend} backend) loaded, {len(passages)} passages indexed in "
+          f"{time.perf_counter() - started:.1f} s")
 
     print("[2/4] baseline: MiniLM top-k + the base LM (no adapter), same prompt")
     minilm = DenseRetriever("minilm", show_progress=False)

@@ -73,13 +73,14 @@ QA_SYSTEMS = ("closed-book", "base+minilm", "base+invar", "generator+minilm", "i
 
 def compare_systems(system_dir: str, questions: Sequence[Question], passages: Sequence,
                     split: str, systems: Sequence[str] = QA_SYSTEMS, batch_size: int = 8,
-                    show_progress: bool = True) -> list[dict]:
+                    show_progress: bool = True, backend: str = "hf") -> list[dict]:
     """EM / F1 and speed of the base LM closed-book, the base LM over MiniLM's and over the
     Invar retriever's top-k, the generator adapter over MiniLM's top-k (does the retriever
     matter for the answers?) and the full system (generator adapter over Invar), in one run.
 
     Every system shares the trained system's base model (one copy), prompt template, ``k`` and
-    token budgets; retrievals are cached under the cache folder.
+    token budgets; retrievals are cached under the cache folder. ``backend`` is ``hf`` or
+    ``vllm`` (one engine serves the base model and the adapter to every system).
     """
     from ..generation.artifacts import GENERATOR_ADAPTER
     from ..paths import cache_dir
@@ -90,7 +91,8 @@ def compare_systems(system_dir: str, questions: Sequence[Question], passages: Se
     unknown = sorted(set(systems) - set(QA_SYSTEMS))
     if unknown:
         raise ValueError(f"unknown systems {unknown}; known: {', '.join(QA_SYSTEMS)}")
-    rag = InvarRAG.from_pretrained(system_dir, corpus=passages, batch_size=batch_size)
+    rag = InvarRAG.from_pretrained(system_dir, corpus=passages, batch_size=batch_size,
+                                   backend=backend)
     texts = [q.question for q in questions]
     rows: list[dict] = []
     minilm = None

@@ -111,20 +111,19 @@ def save_generator(lm: Any, path: str | os.PathLike[str], settings: GeneratorSet
     return path
 
 
-def load_generator(lm: Any, path: str | os.PathLike[str]) -> tuple[Any, GeneratorSettings,
-                                                                    PromptTemplate]:
-    """Attach the ``generator`` adapter of system directory ``path`` to ``lm`` (same base model).
+def generator_entry(path: str | os.PathLike[str], base_identity: dict[str, str]
+                    ) -> tuple[Path, GeneratorSettings, PromptTemplate]:
+    """The checked ``generator`` entry of system directory ``path`` for a base model of
+    identity ``base_identity`` (``{"name", "identity"}``).
 
     Returns:
-        ``(lm, settings, template)``: ``lm`` is the peft model now holding the adapter.
+        ``(adapter folder, settings, template)``.
 
     Raises:
         FileNotFoundError: The manifest names an adapter file that is missing (names the path).
         ValueError: No generator in the manifest, a different base model (names both), or
             weights that differ from the ones the manifest was written for.
     """
-    from peft import PeftModel
-
     path = Path(path)
     entry = read_manifest(path).get("generator")
     if entry is None:
@@ -132,8 +131,7 @@ def load_generator(lm: Any, path: str | os.PathLike[str]) -> tuple[Any, Generato
     weights = path / entry["adapter"] / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"generator adapter file missing: {weights}")
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    found, trained = model_identity(base), entry["base_model"]
+    found, trained = base_identity, entry["base_model"]
     if found["identity"] != trained["identity"]:
         raise ValueError(f"{path}: the generator adapter was trained on base model "
                          f"{trained['name']!r} ({trained['identity']}), but the loaded base "
@@ -141,11 +139,27 @@ def load_generator(lm: Any, path: str | os.PathLike[str]) -> tuple[Any, Generato
                          f"model")
     if _weights_hash(weights, found["identity"]) != entry["hash"]:
         raise ValueError(f"{weights}: differs from the weights the manifest was written for")
+    return (weights.parent, GeneratorSettings(**entry["settings"]),
+            PromptTemplate.from_dict(entry["prompt"]))
+
+
+def load_generator(lm: Any, path: str | os.PathLike[str]) -> tuple[Any, GeneratorSettings,
+                                                                    PromptTemplate]:
+    """Attach the ``generator`` adapter of system directory ``path`` to ``lm`` (same base model,
+    checked by :func:`generator_entry`).
+
+    Returns:
+        ``(lm, settings, template)``: ``lm`` is the peft model now holding the adapter.
+    """
+    from peft import PeftModel
+
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    folder, settings, template = generator_entry(path, model_identity(base))
     if hasattr(lm, "peft_config"):
         if GENERATOR_ADAPTER in lm.peft_config:
             raise ValueError("this model already holds a generator adapter")
-        lm.load_adapter(str(weights.parent), adapter_name=GENERATOR_ADAPTER, is_trainable=False)
+        lm.load_adapter(str(folder), adapter_name=GENERATOR_ADAPTER, is_trainable=False)
     else:
-        lm = PeftModel.from_pretrained(lm, str(weights.parent), adapter_name=GENERATOR_ADAPTER)
+        lm = PeftModel.from_pretrained(lm, str(folder), adapter_name=GENERATOR_ADAPTER)
     lm.eval()
-    return lm, GeneratorSettings(**entry["settings"]), PromptTemplate.from_dict(entry["prompt"])
+    return lm, settings, template

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..models.adapters import use_adapter
+from ..models.adapters import model_lock, use_adapter
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,24 @@ class HFGenerator:
         self.model, self.tokenizer = model, tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def name(self) -> str:
+        """The base model's name (as loaded), for framework metadata."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else \
+            self.model
+        source = getattr(model, "invar_source", None)
+        return source.name if source else type(model).__name__
+
+    @property
+    def context_window(self) -> int:
+        """Prompt plus answer tokens the model takes."""
+        return self.model.config.max_position_embeddings
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` (the tokenizer may be shared with threads using the model)."""
+        with model_lock(self.model):
+            return len(self.tokenizer(text)["input_ids"])
 
     def using(self, adapter: str | None) -> contextlib.AbstractContextManager[None]:
         """Run with the named peft adapter active, or with the plain base model for ``None``."""

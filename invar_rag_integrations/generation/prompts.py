@@ -100,14 +100,27 @@ class PromptTemplate:
         """The prompt for ``question``; the answer is generated after the final ``Answer:``."""
         if not question.strip():
             raise ValueError("question is empty or whitespace")
-        parts = [self.instruction, ""]
+        return self._layout(question.strip(),
+                            [self.format_passage(i, p) for i, p in enumerate(passages, start=1)])
+
+    def with_fields(self, context_field: str = "context_str",
+                    question_field: str = "query_str") -> str:
+        """The prompt as a ``str.format`` template for LlamaIndex / LangChain: ``{context_field}``
+        stands for the passage lines and ``{question_field}`` for the question; any other
+        braces are escaped."""
+        def escape(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        return self._layout(f"{{{question_field}}}", [f"{{{context_field}}}"], escape)
+
+    def _layout(self, question: str, passage_lines: Sequence[str],
+                escape: Callable[[str], str] = str) -> str:
+        parts = [escape(self.instruction), ""]
         for q, a in self.examples[: self.n_shots]:
-            parts += [f"Question: {q}", f"Answer: {a}", ""]
-        if passages:
-            parts += ["Passages:"]
-            parts += [self.format_passage(i, p) for i, p in enumerate(passages, start=1)]
-            parts += [""]
-        parts += [f"Question: {question.strip()}", "Answer:"]
+            parts += [f"Question: {escape(q)}", f"Answer: {escape(a)}", ""]
+        if passage_lines:
+            parts += ["Passages:", *passage_lines, ""]
+        parts += [f"Question: {question}", "Answer:"]
         return "\n".join(parts)
 
     def fit(self, question: str, passages: Sequence[Passage], count_tokens: Callable[[str], int],

@@ -4,7 +4,9 @@
 - :class:`InvarReranker` (``BaseNodePostprocessor``): the Invar scorer over any retriever's
   nodes;
 - :class:`InvarEmbedding` (``BaseEmbedding``): stage-1 (MiniLM) vectors for any vector store;
-- :class:`InvarLLM` (``CustomLLM``): the generator adapter, for query engines.
+- :class:`InvarLLM` (``CustomLLM``): the generator adapter, for query engines;
+- :func:`qa_template`: a trained prompt as a QA template for any LLM (e.g. ``OpenAILike``
+  pointed at ``invar-rag serve``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from .._optional import require
 require("llama_index.core", "llama-index")
 
 from .embedding import InvarEmbedding  # noqa: E402
-from .llm import InvarLLM  # noqa: E402
+from .llm import InvarLLM, qa_template  # noqa: E402
 from .postprocessor import InvarReranker  # noqa: E402
 from .retriever import InvarRetriever  # noqa: E402
 
-__all__ = ["InvarEmbedding", "InvarLLM", "InvarReranker", "InvarRetriever"]
+__all__ = ["InvarEmbedding", "InvarLLM", "InvarReranker", "InvarRetriever", "qa_template"]

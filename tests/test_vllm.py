@@ -1,0 +1,74 @@
+"""The vLLM backend against the HF + peft backend on the shipped system (real SmolLM2 and its
+generator adapter, vLLM's CPU engine); skipped where vLLM is not installed."""
+
+from __future__ import annotations
+
+import pytest
+
+from invar_rag_integrations.demo import SHIPPED_SYSTEM, demo_passages, demo_questions
+from invar_rag_integrations.generation.artifacts import GENERATOR_ADAPTER, generator_entry
+
+pytest.importorskip("vllm", reason="the vllm extra is not installed (make install-vllm)")
+pytestmark = [pytest.mark.model, pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def hf_rag(shipped_rag):
+    return shipped_rag
+
+
+@pytest.fixture(scope="module")
+def engine(hf_rag):
+    from invar_rag_integrations.generation.vllm_backend import VLLMGenerator
+
+    base = hf_rag.generator.model.get_base_model().invar_source
+    folder = generator_entry(SHIPPED_SYSTEM, {"name": base.name, "identity": base.identity})[0]
+    generator = VLLMGenerator(base.path, {GENERATOR_ADAPTER: folder}, max_model_len=2048)
+    yield generator
+    generator.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompts(hf_rag):
+    questions = [q.question for q in demo_questions()[:6]]
+    return [hf_rag.prompt(q, s).text for q, s in zip(questions, hf_rag.retrieve_batch(questions))]
+
+
+def test_greedy_adapter_output_equals_hf_peft_token_for_token(hf_rag, engine, prompts):
+    options = {"max_new_tokens": 16, "stop": (), "adapter": GENERATOR_ADAPTER}
+    expected = hf_rag.generator.generate(prompts, **options)
+    found = engine.generate(prompts, **options)
+    assert [g.text for g in found] == [g.text for g in expected]
+    assert [g.num_tokens for g in found] == [g.num_tokens for g in expected]
+
+
+def test_base_model_in_a_mixed_batch_equals_the_base_model_alone(hf_rag, engine, prompts):
+    options = {"max_new_tokens": 16, "stop": ()}
+    alone = engine.generate(prompts, **options)
+    mixed = engine.generate(prompts + prompts, **options,
+                            adapter=[None] * len(prompts) + [GENERATOR_ADAPTER] * len(prompts))
+    assert [g.text for g in mixed[:len(prompts)]] == [g.text for g in alone]
+    assert [g.text for g in alone] == [g.text for g in hf_rag.generator.generate(prompts,
+                                                                                 **options)]
+    assert [g.text for g in mixed[len(prompts):]] != [g.text for g in alone]  # the adapter acts
+
+
+def test_answers_through_vllm_equal_the_hf_system_and_stream_joins_to_them(hf_rag, engine):
+    from invar_rag_integrations.rag import RAGPipeline
+
+    served = RAGPipeline(engine, hf_rag.retriever, demo_passages(), hf_rag.settings,
+                         hf_rag.template, GENERATOR_ADAPTER)
+    questions = [q.question for q in demo_questions()]
+    expected = hf_rag.answer_batch(questions)
+    answers = served.answer_batch(questions)
+    assert [a.text for a in answers] == [a.text for a in expected]
+    assert [s.passage.id for s in answers[0].sources] == \
+        [s.passage.id for s in expected[0].sources]
+    assert "".join(served.stream(questions[0])) == answers[0].text
+    assert served.complete(served.prompt(questions[1], answers[1].sources).text) == \
+        answers[1].text
+
+
+def test_unknown_adapter_names_the_loaded_ones(engine):
+    with pytest.raises(ValueError, match=r"unknown adapter 'retriever'.*\['generator'\]"):
+        engine.generate(["x"], adapter="retriever")
