@@ -198,15 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="serve a system's base model and adapters with vLLM's OpenAI-compatible "
-                      "server (needs: make install-vllm)")
+                      "server (needs: make install-vllm)",
+        epilog="vLLM server flags go after --, e.g. invar-rag serve SYSTEM -- --max-model-len "
+               "2048")
     serve.add_argument("system", help="trained system directory (with a generator)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=_positive_int, default=8000)
     serve.add_argument("--api-key", help="clients must send this key (default: none)")
-    serve.add_argument("engine_args", nargs=argparse.REMAINDER,
-                       help="after --: vllm serve flags, e.g. -- --max-model-len 2048")
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=_serve, engine_args=[])
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")
     demo.add_argument("--system", help="trained system directory (default: the small system "
@@ -218,7 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["serve"] and "--" in argv:  # what follows -- goes to the vLLM server
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if extra:
+        args.engine_args = extra
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, ImportError, OSError) as err:

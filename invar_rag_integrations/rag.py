@@ -239,7 +239,7 @@ class InvarRAG(RAGPipeline):
                         base_model: str | None = None,
                         generator_dir: str | os.PathLike[str] | None = None,
                         backend: str = "hf", engine_options: dict[str, Any] | None = None,
-                        **kwargs: Any) -> InvarRAG:
+                        score_on_engine: bool | None = None, **kwargs: Any) -> InvarRAG:
         """Load base model, coarse encoder, the scorer (with its adapter or head, if any), the
         generator adapter and the index of one system.
 
@@ -255,6 +255,10 @@ class InvarRAG(RAGPipeline):
                 ``vllm`` (a vLLM engine serving the base model and the generator adapter;
                 retrieval stays in-process).
             engine_options: ``vllm.LLM`` settings for the ``vllm`` backend.
+            score_on_engine: ``vllm`` backend: the scorer reads its candidates through the same
+                engine (prompt log-probabilities under the ``retriever`` adapter) instead of
+                the HF model. Default: on a GPU only (on CPUs with AMX, the HF scorer in
+                bfloat16 was faster; see BENCHMARKS.md).
             **kwargs: Passed to the constructor (e.g. ``batch_size``).
         """
         from .retrieval import InvarRetriever
@@ -263,8 +267,9 @@ class InvarRAG(RAGPipeline):
 
         if backend not in GENERATION_BACKENDS:
             raise ValueError(f"backend must be one of {GENERATION_BACKENDS}, got {backend!r}")
-        if engine_options and backend != "vllm":
-            raise ValueError("engine_options are settings of the vllm backend")
+        if (engine_options or score_on_engine) and backend != "vllm":
+            raise ValueError("engine_options and score_on_engine are settings of the vllm "
+                             "backend")
         retriever = InvarRetriever.from_pretrained(system_dir, index, base_model)
         if backend == "vllm":
             from .generation.vllm_backend import VLLMGenerator
@@ -272,9 +277,14 @@ class InvarRAG(RAGPipeline):
             base = base_of(retriever.scorer.lm)
             folder, settings, template = generator_entry(generator_dir or system_dir,
                                                          model_identity(base))
-            generator: Any = VLLMGenerator(base.invar_source.path, {GENERATOR_ADAPTER: folder},
+            adapters = {GENERATOR_ADAPTER: folder}
+            if retriever.scorer.adapter is not None:
+                adapters[retriever.scorer.adapter] = Path(system_dir) / retriever.scorer.adapter
+            generator: Any = VLLMGenerator(base.invar_source.path, adapters,
                                            name=base.invar_source.name,
                                            **(engine_options or {}))
+            if generator.on_gpu if score_on_engine is None else score_on_engine:
+                retriever.scorer.use_engine(generator)
         else:
             lm, settings, template = load_generator(retriever.scorer.lm,
                                                     generator_dir or system_dir)

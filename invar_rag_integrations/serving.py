@@ -135,7 +135,7 @@ class VLLMServer:
         api_key: Clients must send it as a bearer token (``None``: no key).
         engine_args: Extra ``vllm serve`` flags (e.g. ``["--max-model-len", "2048"]``); they
             follow the defaults, so they override them.
-        log: File the server's output goes to (``None``: this process's output).
+        log: File the server's output goes to (``None``: this process's standard error).
         startup_timeout: Seconds to wait for the server to become healthy.
     """
 
@@ -191,16 +191,15 @@ class VLLMServer:
         if port_in_use(self.host, self.port):
             raise OSError(f"port {self.port} on {self.host} is already in use; choose another "
                           "one (--port)")
-        output: IO[bytes] | None = None
+        output: IO[bytes] | int = sys.stderr.fileno()  # stdout stays for the URL and names
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             output = self.log.open("ab")
         try:
             self.process = subprocess.Popen(self.command(), stdout=output,
-                                            stderr=subprocess.STDOUT if output else None,
-                                            start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         finally:
-            if output is not None:
+            if not isinstance(output, int):
                 output.close()
         try:
             wait_for_server(self.url, self.startup_timeout, self.process, self.log)

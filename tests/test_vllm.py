@@ -72,3 +72,24 @@ def test_answers_through_vllm_equal_the_hf_system_and_stream_joins_to_them(hf_ra
 def test_unknown_adapter_names_the_loaded_ones(engine):
     with pytest.raises(ValueError, match=r"unknown adapter 'retriever'.*\['generator'\]"):
         engine.generate(["x"], adapter="retriever")
+
+
+def test_scorer_through_the_engine_equals_the_hf_scorer(engine):
+    from invar_rag_integrations.retrieval import InvarRetriever
+
+    scorer = InvarRetriever.zero_shot(precision="float32", show_progress=False).scorer
+    questions = [q.question for q in demo_questions()[:3]]
+    candidates = [demo_passages()[:5]] * len(questions)
+    expected = scorer.score_batch(questions, candidates)
+    scorer.use_engine(engine)
+    found = scorer.score_batch(questions, candidates)
+    for e, f in zip(expected, found):
+        assert abs(e - f).max() < 1e-4
+    scorer.settings.normalization = "sum"
+    summed = scorer.score_batch(questions, candidates)
+    assert abs(summed[0] / found[0]).min() > 1  # more than one question token each
+    scorer.use_engine(None)
+    assert abs(scorer.score_batch(questions, candidates)[0] - summed[0]).max() < 1e-3
+    with pytest.raises(ValueError, match="unknown adapter 'retriever'"):
+        scorer.adapter = "retriever"
+        scorer.use_engine(engine)

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..models.adapters import LORA_TARGETS
 from .hf import Generation
 
@@ -201,6 +203,33 @@ class VLLMGenerator:
             finally:
                 if not finished:  # the caller stopped reading: free the request's slot
                     engine.abort_request([request_id])
+
+    def token_logprobs(self, sequences: Sequence[Sequence[int]],
+                       adapter: str | None = None) -> list[np.ndarray]:
+        """For each token sequence, ``log P(token_t | tokens before t)`` for ``t >= 1``
+        (float32, one shorter than the sequence), under ``adapter`` (``None``: the base model).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not sequences:
+            return []
+        request = self.lora_request(adapter)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        with self._engine_lock:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s))
+                                         for s in sequences], params, use_tqdm=False,
+                                        lora_request=request)
+        return [np.array([step[token].logprob for token, step in
+                          zip(sequence[1:], output.prompt_logprobs[1:])], dtype=np.float32)
+                for sequence, output in zip(sequences, outputs)]
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the engine runs on a GPU (vLLM's CUDA build)."""
+        from vllm.platforms import current_platform
+
+        return not current_platform.is_cpu()
 
     def shutdown(self) -> None:
         """Stop the engine's processes now (they also stop when the interpreter exits)."""

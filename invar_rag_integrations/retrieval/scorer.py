@@ -239,6 +239,12 @@ class ScorerTokens:
             raise ValueError(f"the question {text!r} has no tokens")
         return self._cut("query", ids, self.settings.max_query_tokens, "last")
 
+    def row(self, question: list[int], passage: list[int]) -> list[int]:
+        """One scorer sequence (soft-token positions hold the pad id); the question's tokens
+        end it."""
+        soft = [self.pad_id] * self.settings.num_soft_tokens
+        return self.bos + self.head + soft + passage + self.tail + soft + question
+
     def batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> ScorerBatch:
         """Left-padded sequences for ``(question ids, passage ids)`` pairs."""
         m = self.settings.num_soft_tokens
@@ -246,8 +252,7 @@ class ScorerTokens:
         for question, passage in pairs:
             doc_start = len(self.bos) + len(self.head)
             query_start = doc_start + m + len(passage) + len(self.tail)
-            rows.append(self.bos + self.head + [self.pad_id] * m + passage + self.tail
-                        + [self.pad_id] * m + question)
+            rows.append(self.row(question, passage))
             starts.append((doc_start, query_start))
         width = max(len(r) for r in rows)
         longest = max(len(q) for q, _ in pairs)
@@ -302,6 +307,24 @@ class InvarScorer:
         self.batch_size = batch_size
         self.dtype = resolve_precision(precision, self.device)
         self._bf16: tuple[nn.Module, int, nn.Module] | None = None  # (source, version, copy)
+        self.engine: Any = None
+
+    def use_engine(self, engine: Any) -> None:
+        """Score through a vLLM engine (a ``VLLMGenerator`` serving this scorer's adapter)
+        instead of the HF model: the question's token log-probabilities come back as prompt
+        log-probabilities, so re-ranking and answering share one engine. ``None`` returns to
+        the HF model. Training always runs on the HF model.
+
+        Raises:
+            ValueError: Soft tokens or a head (vLLM returns neither prompt embeddings mixed with
+                token prompts nor hidden states), or the engine does not serve the adapter.
+        """
+        if engine is not None:
+            if self.settings.num_soft_tokens or self.head is not None:
+                raise ValueError("a scorer with soft tokens or a head reads what vLLM does not "
+                                 "return (embeddings in, hidden states out); score it with HF")
+            engine.lora_request(self.adapter)  # the engine must serve the adapter
+        self.engine = engine
 
     @property
     def tokenizer(self) -> Any:
@@ -440,6 +463,15 @@ class InvarScorer:
             scores = [np.zeros(len(c), dtype=np.float32) for c in candidates]
             found = [np.zeros((len(c), width if features else 0), np.float32)
                      for c in candidates]
+            if self.engine is not None and not features:
+                questions = [question_ids[qi] for qi, _ in pairs]
+                rows = [self.tokens.row(q, d) for q, d in zip(questions, passage_ids)]
+                found_logprobs = self.engine.token_logprobs(rows, adapter=self.adapter)
+                for (qi, ci), question, logprobs in zip(pairs, questions, found_logprobs):
+                    total = float(logprobs[-len(question):].sum())
+                    scores[qi][ci] = total / len(question) \
+                        if self.settings.normalization == "mean" else total
+                return scores, found
             order = sorted(range(len(pairs)), key=lambda i: -(len(passage_ids[i])
                                                               + len(question_ids[pairs[i][0]])))
             was_training = self.lm.training
