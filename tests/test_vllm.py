@@ -93,3 +93,15 @@ def test_scorer_through_the_engine_equals_the_hf_scorer(engine):
     with pytest.raises(ValueError, match="unknown adapter 'retriever'"):
         scorer.adapter = "retriever"
         scorer.use_engine(engine)
+
+
+def test_lsr_scores_through_the_engine_equal_the_hf_scores(engine):
+    from invar_rag_integrations.models import load_base_lm
+    from training.lsr import LSRScorer, lsr_prompt
+
+    lm, tokenizer = load_base_lm("smollm2")
+    pairs = [(lsr_prompt(p.full_text(), q.question), q.answers[0])
+             for q in demo_questions()[:3] for p in demo_passages()[:4]]
+    expected = LSRScorer(lm, tokenizer, None, show_progress=False).score(pairs)
+    found = LSRScorer(lm, tokenizer, None, show_progress=False, engine=engine).score(pairs)
+    assert abs(found - expected).max() < 1e-3

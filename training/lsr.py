@@ -47,12 +47,14 @@ class LSRScorer:
             given): recorded in a new cache file and checked against an existing one.
         batch_size: Prompts per forward pass (sorted by length to pad little).
         show_progress: Progress bar over the prompts still to score.
+        engine: A ``VLLMGenerator`` over the same base model: scores come from its prompt
+            log-probabilities instead of the HF model (the scale path on GPUs).
     """
 
     def __init__(self, model: Any, tokenizer: Any, cache_file: str | os.PathLike[str] | None,
                  batch_size: int = 16, show_progress: bool = True,
-                 model_identity: str | None = None):
-        self.model, self.tokenizer = model, tokenizer
+                 model_identity: str | None = None, engine: Any = None):
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
         self.batch_size, self.show_progress = batch_size, show_progress
         self.cache_file = Path(cache_file) if cache_file is not None else None
         self.model_identity = model_identity or getattr(
@@ -96,6 +98,18 @@ class LSRScorer:
         if any(not a for a in answers):
             raise ValueError("an answer tokenised to nothing; every LSR answer needs text")
         rows = [p + a for p, a in zip(prompts, answers)]
+        if self.engine is not None:
+            values = [float(lp[-len(a):].sum())
+                      for lp, a in zip(self.engine.token_logprobs(rows), answers)]
+        else:
+            values = self._hf_sums(prompts, answers, rows)
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError("the LM produced a non-finite answer log-likelihood")
+        return values
+
+    def _hf_sums(self, prompts: list[list[int]], answers: list[list[int]],
+                 rows: list[list[int]]) -> list[float]:
+        tok = self.tokenizer
         width = max(len(r) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -113,11 +127,7 @@ class LSRScorer:
                 targets.append(token)
         logits = self.model.get_output_embeddings()(hidden[batch_idx, pos_idx]).float()
         logprobs = torch.log_softmax(logits, dim=-1)[torch.arange(len(targets)), targets]
-        sums = torch.zeros(len(rows)).index_add_(0, torch.tensor(batch_idx), logprobs)
-        values = sums.tolist()
-        if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError("the LM produced a non-finite answer log-likelihood")
-        return values
+        return torch.zeros(len(rows)).index_add_(0, torch.tensor(batch_idx), logprobs).tolist()
 
     def _append(self, fresh: dict[str, float]) -> None:
         if self.cache_file is None or not fresh:

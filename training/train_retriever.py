@@ -87,6 +87,10 @@ class DataArguments:
         default=0, metadata={"help": "seed of the question sample and the rewrites (``seed`` "
                                      "is training's: a second seed re-trains on the same data)"})
     lsr_batch_size: int = 16
+    lsr_backend: str = field(default="hf", metadata={
+        "help": "hf, or vllm: LSR scores from a vLLM engine's prompt logprobs (equal within "
+                "float tolerance; for GPUs: on this CPU the HF bf16 forward was faster)",
+        "choices": ["hf", "vllm"]})
     lsr_cache_dir: str | None = field(
         default=None, metadata={"help": "default: $INVAR_RAG_CACHE/lsr (shared by runs: scores "
                                         "are keyed by prompt and base model)"})
@@ -326,11 +330,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     for q, para in zip(questions, paraphrases)]
         cache = lsr_cache_file(data.lsr_cache_dir or cache_dir() / "lsr",
                                lm.invar_source.identity)
+        engine = None
+        if data.lsr_backend == "vllm":  # the scale path: vLLM's prompt logprobs on a GPU
+            from invar_rag_integrations.generation.vllm_backend import VLLMGenerator
+
+            engine = VLLMGenerator(lm.invar_source.path, name=lm.invar_source.name)
         lsr = LSRScorer(lm, tokenizer, cache, data.lsr_batch_size,
-                        show_progress=train_args.process_index == 0)
+                        show_progress=train_args.process_index == 0, engine=engine)
         prep_started = time.perf_counter()
         examples = build_examples(questions, candidates, variants, by_id, lsr)
         prep_seconds = time.perf_counter() - prep_started
+        if engine is not None:
+            engine.shutdown()
         if not examples:
             raise ValueError("no training examples: every question had an empty candidate set")
         texts = sorted({v for ex in examples for v in ex["variants"]})
