@@ -1,0 +1,125 @@
+"""Synthetic questions from a corpus: answer spans, the filters, the writers a user may bring,
+resuming, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from invar_rag_integrations.data import Passage
+from invar_rag_integrations.synthetic import (
+    SyntheticSettings,
+    answer_spans,
+    as_writer,
+    choose_span,
+    clean_question,
+    make_questions,
+)
+
+PASSAGES = [
+    Passage("p1", "Alexander Fleming discovered penicillin in 1928 at St Mary's Hospital in "
+                  "London, which changed medicine.", "Penicillin"),
+    Passage("p2", "Lake Baikal in Siberia is the deepest lake in the world, reaching 1,642 "
+                  "metres, and holds a fifth of the fresh water.", "Lake Baikal"),
+    Passage("p3", "too short", "Short"),
+    Passage("p4", "The Wright brothers made the first powered flight in 1903 near Kitty Hawk "
+                  "in North Carolina on a cold morning.", "Wright brothers"),
+]
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_answer_spans_are_numbers_and_names_not_sentence_openers():
+    spans = answer_spans(PASSAGES[0])
+    assert "1928" in spans and "Alexander Fleming" in spans and "London" in spans
+    assert answer_spans(Passage("x", "The cat sat. It slept.")) == []
+    spans = answer_spans(PASSAGES[3])  # "The Wright" loses its sentence-opening article
+    assert "Kitty Hawk" in spans and "Wright" in spans and "The Wright" not in spans
+
+
+def test_clean_question_keeps_one_question_line():
+    assert clean_question(" Who discovered penicillin?\nAnswer: Fleming") == \
+        "Who discovered penicillin?"
+    assert clean_question("Question: When was it?") == "When was it?"
+    for bad in ("", "Fleming", "Why?", "no question mark here at all"):
+        assert clean_question(bad) is None
+
+
+def test_a_langchain_writer_fills_the_odqa_layout_and_drops_what_fails(tmp_path):
+    from langchain_core.language_models.fake import FakeListLLM
+
+    from invar_rag_integrations.evaluation import odqa_corpus
+
+    # one reply per passage with a span, in sample order: p1, p2, p4 (seed 0 order below)
+    writer = FakeListLLM(responses=["In which year was penicillin discovered by Fleming?",
+                                    "", "Lake Baikal 1,642 metres?"])
+    settings = SyntheticSettings(passages=None, round_trip=False, batch_size=8, seed=0)
+    counts = make_questions(PASSAGES, tmp_path / "out", writer, settings, show_progress=False)
+    assert counts["passages"] == 4 and counts["by_status"]["no_answer_span"] == 1
+    assert counts["questions"] + sum(v for k, v in counts["by_status"].items() if k != "ok") \
+        == 4
+    questions = read(tmp_path / "out" / "odqa" / "dev_questions.jsonl")
+    assert all(q["dataset"] == "synthetic" and q["gold_passage_ids"] for q in questions)
+    assert len(odqa_corpus(tmp_path / "out")) == 4  # the drivers' loader reads the corpus
+    statuses = {r["status"] for r in read(tmp_path / "out" / "progress.jsonl")}
+    assert statuses <= {"ok", "no_answer_span", "malformed_question", "answer_not_in_passage",
+                        "question_contains_answer", "duplicate"}
+    assert "malformed_question" in statuses  # the empty reply: dropped and counted
+
+
+def test_round_trip_keeps_only_questions_the_lm_answers_back(tmp_path):
+    from langchain_core.language_models.fake import FakeListLLM
+
+    writer = FakeListLLM(responses=["What does this passage say about the drug discovery?"])
+    settings = SyntheticSettings(passages=None, round_trip=True, seed=0)
+    span = choose_span(PASSAGES[0], settings)
+    right = make_questions(PASSAGES[:1], tmp_path / "a", writer, settings,
+                           answerer=FakeListLLM(responses=[f" {span}\nmore text"]),
+                           show_progress=False)
+    wrong = make_questions(PASSAGES[:1], tmp_path / "b", writer, settings,
+                           answerer=FakeListLLM(responses=[" Marie Curie"]), show_progress=False)
+    assert (right["questions"], wrong["questions"]) == (1, 0)
+    [kept] = read(tmp_path / "a" / "odqa" / "dev_questions.jsonl")
+    assert kept["answers"] == [span] and kept["source"]["round_trip_f1"] == 1.0
+    [failed] = read(tmp_path / "b" / "progress.jsonl")
+    assert failed["status"] == "round_trip_failed" and failed["round_trip_f1"] == 0.0
+
+
+def test_a_rerun_continues_and_another_corpus_is_refused(tmp_path):
+    from llama_index.core.llms import MockLLM
+
+    calls = []
+
+    class CountingLLM(MockLLM):
+        def complete(self, prompt, formatted=False, **kwargs):
+            calls.append(prompt)
+            return super().complete(prompt, formatted, **kwargs)
+
+    writer = CountingLLM(max_tokens=4)  # "text text text text": malformed, dropped
+    first = make_questions(PASSAGES, tmp_path, writer, SyntheticSettings(passages=2,
+                           round_trip=False), show_progress=False)
+    assert first["passages"] == 2
+    asked = len(calls)
+    again = make_questions(PASSAGES, tmp_path, writer, SyntheticSettings(passages=4,
+                           round_trip=False), show_progress=False)
+    assert again["passages"] == 4 and len(calls) - asked <= 2  # only the new passages
+    other = [Passage("q1", "Another corpus entirely, about Mount Everest in 1953.", "")]
+    with pytest.raises(ValueError, match="holds questions of another corpus"):
+        make_questions(other, tmp_path, writer, show_progress=False)
+    with pytest.raises(TypeError, match="question writer must be"):
+        as_writer(object())
+
+
+def test_the_embedded_lm_writes_through_the_same_path(tmp_path, tiny_lm_dir):
+    from invar_rag_integrations.generation import HFGenerator
+    from invar_rag_integrations.models import load_base_lm
+
+    generator = HFGenerator(*load_base_lm(str(tiny_lm_dir)))
+    counts = make_questions(PASSAGES, tmp_path, generator, SyntheticSettings(passages=None),
+                            show_progress=False)
+    assert counts["passages"] == 4  # whatever the untrained LM wrote was checked and counted
+    assert sum(counts["by_status"].values()) == 4
