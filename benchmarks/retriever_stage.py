@@ -62,8 +62,9 @@ def train_systems(names: list[str], config: Path) -> None:
             print(f"== {name}: reusing {folder}", file=sys.stderr, flush=True)
             continue
         print(f"== training {name}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "training.train_retriever", str(config),
-                        "--output_dir", str(folder), *INVAR_SYSTEMS[name]], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "invar_rag_integrations.training.train_retriever",
+                        str(config), "--output_dir", str(folder), *INVAR_SYSTEMS[name]],
+                       cwd=ROOT, check=True)
 
 
 def _jaccard(a: list[str], b: list[str]) -> float:
@@ -95,7 +96,7 @@ def _accuracy(system: str, questions, results, by_id, ks=KS, suffix: str = "") -
 
 
 def _robustness(system: str, retriever, questions, by_id, k: int) -> list[dict]:
-    from training.query_variants import REWRITE_KINDS, rewrite
+    from invar_rag_integrations.training.query_variants import REWRITE_KINDS, rewrite
 
     original = _search(retriever, [q.question for q in questions], k, f"{system} original")
     rows = _accuracy(system, questions, original, by_id, (5,), ":original")
@@ -140,7 +141,7 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
     import torch
 
     from invar_rag_integrations.retrieval.scorer import passage_text
-    from training.head_trainer import scorer_outputs
+    from invar_rag_integrations.training.head_trainer import scorer_outputs
 
     scorer = retriever.scorer
     if scorer.adapter is not None or scorer.settings.num_soft_tokens:

@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> None:
     import importlib
 
     try:
-        driver = importlib.import_module(f"training.{args.driver}")
+        driver = importlib.import_module(f"invar_rag_integrations.training.{args.driver}")
     except ImportError as err:
         raise ImportError(f"training needs the 'train' extra ({err}): "
                           "pip install 'invar-rag-integrations[train]'") from None
@@ -117,10 +117,30 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(DemoSettings(args.system or SHIPPED_SYSTEM, args.backend))
 
 
+def _make_questions(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import load_passages
+    from .generation import HFGenerator
+    from .models import load_base_lm
+    from .synthetic import SyntheticSettings, make_questions
+
+    passages = load_passages(args.corpus)  # validated before any model loads
+    settings = SyntheticSettings(passages=args.passages, seed=args.seed,
+                                 round_trip=not args.no_round_trip, batch_size=args.batch_size)
+    started = time.perf_counter()
+    counts = make_questions(passages, args.output, HFGenerator(*load_base_lm(args.base_model)),
+                            settings)
+    seconds = time.perf_counter() - started
+    print(json.dumps(counts))
+    print(f"wrote {counts['questions']} questions from {counts['passages']} passages to "
+          f"{args.output}/odqa in {seconds:.0f} s", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> None:
     from .serving import serve
 
-    serve(args.system, args.host, args.port, args.api_key, args.engine_args)
+    serve(args.system, args.host, args.port, args.api_key, args.engine_args, args.merge)
 
 
 def _positive_int(text: str) -> int:
@@ -169,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--seed", type=int, default=0)
     qa.add_argument("--batch-size", type=_positive_int, default=8)
     qa.add_argument("--backend", choices=GENERATION_BACKENDS, default="hf",
-                    help="generate with HF + peft (default) or one vLLM engine for all systems")
+                    help="generate with HF + peft (default) or one vLLM engine for all systems "
+                         "(vllm-merged: the invar-rag and generator+minilm rows only)")
     qa.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                        "../shared/data)")
     qa.add_argument("--output", help="results JSON (default: eval-qa-SPLIT.json)")
@@ -196,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stage-1 candidates the scorer reads per query")
     init.set_defaults(func=_init_system)
 
+    questions = commands.add_parser(
+        "make-questions", help="synthetic question-answer pairs from a corpus (ODQA layout, "
+                               "resumable): train on a corpus that has no questions")
+    questions.add_argument("--corpus", required=True, help="JSON-lines passages {id, text, title}")
+    questions.add_argument("--output", required=True,
+                           help="folder for odqa/corpus.jsonl and odqa/dev_questions.jsonl")
+    questions.add_argument("--passages", type=_positive_int, default=200,
+                           help="passages sampled (seeded)")
+    questions.add_argument("--seed", type=int, default=0)
+    questions.add_argument("--base-model", default="smollm2",
+                           help="the question writer: smollm2, gemma3-270m or a model folder")
+    questions.add_argument("--no-round-trip", action="store_true",
+                           help="keep pairs without checking that the LM answers them back")
+    questions.add_argument("--batch-size", type=_positive_int, default=8)
+    questions.set_defaults(func=_make_questions)
+
     serve = commands.add_parser(
         "serve", help="serve a system's base model and adapters with vLLM's OpenAI-compatible "
                       "server (needs: make install-vllm)",
@@ -206,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=_positive_int, default=8000)
     serve.add_argument("--api-key", help="clients must send this key (default: none)")
+    serve.add_argument("--merge", action="store_true",
+                       help="serve the generator merged into a copy of the base model (on CPUs "
+                            "far faster than the LoRA path; serves model 'generator' alone)")
     serve.set_defaults(func=_serve, engine_args=[])
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")

@@ -137,13 +137,19 @@ class VLLMServer:
             follow the defaults, so they override them.
         log: File the server's output goes to (``None``: this process's standard error).
         startup_timeout: Seconds to wait for the server to become healthy.
+        merge: Serve a copy of the base model with the generator adapter merged in, as
+            ``generator`` alone (on CPUs far faster than vLLM's LoRA path; no base model and no
+            other adapter beside it).
     """
 
     def __init__(self, system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, api_key: str | None = None,
                  engine_args: Sequence[str] = (), log: str | os.PathLike[str] | None = None,
-                 startup_timeout: float = 900.0):
+                 startup_timeout: float = 900.0, merge: bool = False):
         self.base, self.adapters = system_models(system_dir)
+        if merge and GENERATOR_ADAPTER not in self.adapters:
+            raise ValueError(f"{system_dir}: no generator adapter to merge")
+        self.merge = merge
         self.host, self.port, self.api_key = host, port, api_key
         self.engine_args, self.startup_timeout = list(engine_args), startup_timeout
         self.log = Path(log) if log is not None else None
@@ -156,15 +162,15 @@ class VLLMServer:
 
     @property
     def models(self) -> list[str]:
-        """Model names clients may ask for: the adapters, then the base model."""
-        return [*self.adapters, self.base.name]
+        """Model names clients may ask for: the adapters, then the base model (only the
+        generator when it is merged)."""
+        return [GENERATOR_ADAPTER] if self.merge else [*self.adapters, self.base.name]
 
     def command(self) -> list[str]:
         """The server's command line."""
-        vllm = import_vllm()
+        import_vllm()  # installed (or an install hint), and its CPU settings in the environment
         from vllm.platforms import current_platform
 
-        del vllm
         options = engine_options(self.adapters, current_platform.is_cpu())
         options.pop("seed")
         modules = [f"{name}={folder.resolve()}" for name, folder in self.adapters.items()]
@@ -233,16 +239,17 @@ class VLLMServer:
 
 def serve(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, api_key: str | None = None,
-          engine_args: Sequence[str] = ()) -> None:
+          engine_args: Sequence[str] = (), merge: bool = False) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM, then stop it cleanly."""
-    server = VLLMServer(system_dir, host, port, api_key, engine_args)
+    server = VLLMServer(system_dir, host, port, api_key, engine_args, merge=merge)
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    print(f"starting vLLM for {server.base.name} with adapters {sorted(server.adapters)} "
-          f"(the first start takes a minute or two)", file=sys.stderr, flush=True)
+    what = "its generator merged in" if merge else f"adapters {sorted(server.adapters)}"
+    print(f"starting vLLM for {server.base.name} with {what} (the first start takes a minute "
+          "or two)", file=sys.stderr, flush=True)
     try:
         server.start()
         print(f"serving at {server.url}\nmodels: {', '.join(server.models)} "

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.losses import (
+from invar_rag_integrations.training.losses import (
     InfoNCELoss,
     InvarianceLoss,
     InvarRetrievalLoss,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.query_variants import REWRITE_KINDS, query_variants, rewrite
+from invar_rag_integrations.training.query_variants import REWRITE_KINDS, query_variants, rewrite
 
 Q = "Who sings the theme song for the Proud Family?"
 

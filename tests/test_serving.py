@@ -142,3 +142,29 @@ class TestServed:
             shipped_rag.template), similarity_top_k=k)
         response = engine.query(questions[0])
         assert response.source_nodes and str(response).strip()
+
+
+def test_engine_settings_hold_every_adapter_beside_the_base_model():
+    from invar_rag_integrations.generation.vllm_backend import engine_options
+
+    adapters = {"generator": SHIPPED_SYSTEM / "generator"}
+    options = engine_options(adapters, on_cpu=True)
+    assert options["dtype"] == "float32" and options["max_loras"] == 2
+    assert options["max_lora_rank"] == 8 and "lm_head" not in options["lora_target_modules"]
+    assert engine_options({}, on_cpu=False) == {"dtype": "auto", "seed": 0}
+    with pytest.raises(ValueError, match="max_loras = 1 is too small for 1 adapter"):
+        engine_options(adapters, on_cpu=True, max_loras=1)
+    with pytest.raises(ValueError, match="'generator' has rank 8, above the engine's "
+                                         "max_lora_rank 1"):
+        engine_options(adapters, on_cpu=True, max_lora_rank=1)
+    with pytest.raises(FileNotFoundError, match="not a LoRA adapter folder"):
+        engine_options({"x": SHIPPED_SYSTEM}, on_cpu=True)
+
+
+def test_a_shorter_engine_context_cuts_the_prompt_budget():
+    from invar_rag_integrations.generation.artifacts import GeneratorSettings
+
+    settings = GeneratorSettings(max_new_tokens=24, max_prompt_tokens=512)
+    assert settings.prompt_budget(8192) == 512
+    assert settings.prompt_budget(300) == 276
+    assert GeneratorSettings(max_new_tokens=24).prompt_budget(300) == 276

@@ -13,9 +13,14 @@ from conftest import generator_config
 
 from invar_rag_integrations.data import Passage
 from invar_rag_integrations.generation import PromptTemplate
-from training.generator_data import IGNORE_INDEX, answer_target, make_collate, tokenize_example
-from training.retriever_data import select_questions
-from training.train_generator import parse_arguments
+from invar_rag_integrations.training.generator_data import (
+    IGNORE_INDEX,
+    answer_target,
+    make_collate,
+    tokenize_example,
+)
+from invar_rag_integrations.training.retriever_data import select_questions
+from invar_rag_integrations.training.train_generator import parse_arguments
 
 LONG = Passage("long", " ".join(f"word{i}" for i in range(300)), "Long")
 SHORT = Passage("short", "Paris is the capital of France.", "Paris")

@@ -18,16 +18,16 @@ import torch
 
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.models import load_base_lm
-from training.candidates import mine_candidates, resize_context
-from training.lsr import LSRScorer, lsr_cache_file, lsr_prompt
-from training.retriever_data import (
+from invar_rag_integrations.training.candidates import mine_candidates, resize_context
+from invar_rag_integrations.training.lsr import LSRScorer, lsr_cache_file, lsr_prompt
+from invar_rag_integrations.training.retriever_data import (
     candidate_set,
     make_variants,
     passage_view,
     select_questions,
 )
-from training.train_retriever import parse_arguments
-from training.trainer_utils import last_complete_checkpoint
+from invar_rag_integrations.training.train_retriever import parse_arguments
+from invar_rag_integrations.training.trainer_utils import last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         tmp_path: Path, retriever_config: Callable[..., Path],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from training import retriever_trainer, train_retriever
+    from invar_rag_integrations.training import retriever_trainer, train_retriever
 
     real_forward = retriever_trainer.ScorerTrainingModel.forward
     steps = []
@@ -188,8 +188,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 
 def _driver(config: Path, *flags: str, launcher: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = (launcher or [sys.executable]) + ["-m", "training.train_retriever", str(config),
-                                                *flags]
+    command = (launcher or [sys.executable]) + [
+        "-m", "invar_rag_integrations.training.train_retriever", str(config), *flags]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -252,8 +252,8 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
 
     from invar_rag_integrations.models.adapters import lora_config
     from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
-    from training.losses import InvarRetrievalLoss
-    from training.retriever_trainer import ScorerTrainingModel
+    from invar_rag_integrations.training.losses import InvarRetrievalLoss
+    from invar_rag_integrations.training.retriever_trainer import ScorerTrainingModel
 
     retriever = InvarRetriever.zero_shot(
         str(tiny_lm_dir), str(tiny_encoder_dir),
@@ -295,7 +295,7 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
 
 def test_lm_paraphrases_give_variants_per_question(tiny_lm_dir: Path) -> None:
     from invar_rag_integrations.generation.hf import HFGenerator
-    from training.retriever_data import lm_paraphrases
+    from invar_rag_integrations.training.retriever_data import lm_paraphrases
 
     lm, tokenizer = load_base_lm(str(tiny_lm_dir))
     torch.manual_seed(0)
@@ -309,7 +309,7 @@ def test_gpu_config_runs_one_step_on_the_tiny_model(tmp_path: Path, tiny_lm_dir:
                                                     tiny_encoder_dir: Path,
                                                     odqa_dir: Path) -> None:
     """The paper-scale config (the same driver under torchrun / accelerate) on CPU, one step."""
-    from training import train_retriever
+    from invar_rag_integrations.training import train_retriever
 
     config = ROOT / "training" / "configs" / "retriever_llama2_7b_gpu.json"
     (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | shakespeare\n")
@@ -327,7 +327,7 @@ def test_gpu_config_runs_one_step_on_the_tiny_model(tmp_path: Path, tiny_lm_dir:
 def test_a_frozen_lm_trains_the_head_on_cached_outputs(
         tmp_path: Path, retriever_config: Callable[..., Path]) -> None:
     from invar_rag_integrations.retrieval import make_retriever
-    from training import train_retriever
+    from invar_rag_integrations.training import train_retriever
 
     config = retriever_config(tmp_path, train_lora=False, head=True, num_train_epochs=3,
                               learning_rate=0.05)

@@ -69,6 +69,23 @@ def test_answers_through_vllm_equal_the_hf_system_and_stream_joins_to_them(hf_ra
         answers[1].text
 
 
+def test_the_merged_generator_answers_like_the_adapter(hf_rag, prompts):
+    from invar_rag_integrations.generation.vllm_backend import VLLMGenerator, merged_model
+
+    base = hf_rag.generator.model.get_base_model().invar_source
+    folder = generator_entry(SHIPPED_SYSTEM, {"name": base.name, "identity": base.identity})[0]
+    merged = VLLMGenerator(merged_model(base.path, folder), merged=GENERATOR_ADAPTER,
+                           max_model_len=2048)
+    try:
+        options = {"max_new_tokens": 16, "stop": (), "adapter": GENERATOR_ADAPTER}
+        assert [g.text for g in merged.generate(prompts, **options)] == \
+            [g.text for g in hf_rag.generator.generate(prompts, **options)]
+        with pytest.raises(ValueError, match="the base model is not loaded"):
+            merged.generate(["x"])
+    finally:
+        merged.shutdown()
+
+
 def test_unknown_adapter_names_the_loaded_ones(engine):
     with pytest.raises(ValueError, match=r"unknown adapter 'retriever'.*\['generator'\]"):
         engine.generate(["x"], adapter="retriever")
@@ -97,7 +114,7 @@ def test_scorer_through_the_engine_equals_the_hf_scorer(engine):
 
 def test_lsr_scores_through_the_engine_equal_the_hf_scores(engine):
     from invar_rag_integrations.models import load_base_lm
-    from training.lsr import LSRScorer, lsr_prompt
+    from invar_rag_integrations.training.lsr import LSRScorer, lsr_prompt
 
     lm, tokenizer = load_base_lm("smollm2")
     pairs = [(lsr_prompt(p.full_text(), q.question), q.answers[0])

@@ -59,8 +59,10 @@ class GeneratorSettings:
         check_lora(self.lora_r, self.lora_targets)
 
     def prompt_budget(self, context_window: int) -> int:
-        """``max_prompt_tokens``, or by default the model's context minus the answer's room."""
-        return self.max_prompt_tokens or context_window - self.max_new_tokens
+        """``max_prompt_tokens`` (default: no limit of its own), within the model's context minus
+        the answer's room (an engine may be started with a shorter context)."""
+        room = context_window - self.max_new_tokens
+        return min(self.max_prompt_tokens, room) if self.max_prompt_tokens else room
 
 
 def add_generator_adapter(lm: Any, settings: GeneratorSettings) -> Any:

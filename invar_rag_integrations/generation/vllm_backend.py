@@ -7,6 +7,7 @@ one runs is whichever is installed. Every engine setting can be overridden by ke
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -83,6 +84,43 @@ def engine_options(adapters: Mapping[str, str | os.PathLike[str]], on_cpu: bool,
     return options
 
 
+def merged_model(base_model: str | os.PathLike[str], adapter: str | os.PathLike[str]) -> Path:
+    """A full model folder holding ``base_model`` with the LoRA ``adapter`` merged into its
+    weights (float32), made once and cached by the adapter's and the base's weights.
+
+    On vLLM's CPU kernels the LoRA path ran several times slower than the plain model
+    (BENCHMARKS.md); a merged copy serves one adapter at the plain model's speed, without the
+    base model beside it.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models.registry import hash_file
+    from ..paths import cache_dir
+
+    base, adapter = Path(base_model), Path(adapter)
+    weights = sorted(base.glob("*.safetensors")) + [adapter / "adapter_model.safetensors"]
+    key = hashlib.sha256("|".join(hash_file(w) for w in weights).encode()).hexdigest()[:16]
+    target = cache_dir() / "merged" / f"{base.name}-{adapter.name}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        os.rename(tmp, target)  # atomic: a killed run leaves no half folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 class VLLMGenerator:
     """Generate with a vLLM engine over ``base_model`` and the named LoRA adapters.
 
@@ -92,13 +130,16 @@ class VLLMGenerator:
         base_model: Local HF folder of the base model.
         adapters: Adapter name -> peft adapter folder (each gets a stable integer id).
         name: The model's name for framework metadata (default: the folder name).
+        merged: The name of the adapter already merged into ``base_model`` (see
+            :func:`merged_model`): requests for it run on the plain engine and the base model
+            itself is not served.
         **overrides: Any ``vllm.LLM`` argument (``dtype``, ``max_model_len``,
             ``enable_prefix_caching``, ``max_loras``, ...).
     """
 
     def __init__(self, base_model: str | os.PathLike[str],
                  adapters: Mapping[str, str | os.PathLike[str]] | None = None,
-                 name: str | None = None, **overrides: Any):
+                 name: str | None = None, merged: str | None = None, **overrides: Any):
         vllm = import_vllm()
         from vllm.lora.request import LoRARequest
         from vllm.platforms import current_platform
@@ -110,6 +151,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self.requests = {adapter: LoRARequest(adapter, i, str(Path(folder).resolve()))
                          for i, (adapter, folder) in enumerate(adapters.items(), start=1)}
+        self.merged = merged
         self._engine_lock = threading.Lock()  # the engine's request queue is not thread-safe
         self._ids = itertools.count()
 
@@ -123,10 +165,16 @@ class VLLMGenerator:
 
     def lora_request(self, adapter: str | None) -> Any:
         """The engine's request for ``adapter`` (``None``: the base model)."""
+        if adapter is not None and adapter == self.merged:
+            return None
         if adapter is None:
+            if self.merged is not None:
+                raise ValueError(f"this engine serves the merged {self.merged!r} adapter; the "
+                                 "base model is not loaded (start one without merging)")
             return None
         if adapter not in self.requests:
-            raise ValueError(f"unknown adapter {adapter!r}; loaded: {sorted(self.requests)}")
+            loaded = sorted(self.requests) + ([self.merged] if self.merged else [])
+            raise ValueError(f"unknown adapter {adapter!r}; loaded: {loaded}")
         return self.requests[adapter]
 
     def sampling(self, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),

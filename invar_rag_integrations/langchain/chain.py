@@ -12,7 +12,6 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel,
 from ..data import Passage
 from ..generation import PromptTemplate
 from ..rag import Source
-from ..retrieval.base import check_text
 from .llm import InvarLLM
 
 
@@ -40,11 +39,9 @@ def build_rag_chain(retriever: BaseRetriever, llm: BaseLanguageModel,
             return pipeline.prompt(inputs["question"], [Source(p, 0.0) for p in passages]).text
         return template.render(inputs["question"], passages)
 
-    def question(text: str) -> str:
-        return check_text(text, "question")
-
     retrieve = RunnableParallel(question=RunnablePassthrough(), source_documents=retriever)
     answer = RunnableLambda(prompt) | llm | StrOutputParser()
-    return (RunnableLambda(question) | retrieve).with_types(input_type=str) | \
+    # the question is validated once, by the retriever (the Invar core checks queries and k)
+    return retrieve.with_types(input_type=str) | \
         RunnablePassthrough.assign(answer=answer)
 

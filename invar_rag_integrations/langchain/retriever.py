@@ -17,7 +17,6 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import PrivateAttr
 
 from ..data import Passage
-from ..retrieval.base import check_k, check_text
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ..retrieval.invar_retriever import check_invar_retriever
 
@@ -85,8 +84,7 @@ class InvarRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[Document]:
-        k = self.k if k is None else check_k(k)
-        [result] = self._core.search([check_text(query)], k)
+        [result] = self._core.search([query], self.k if k is None else k)  # validates both
         return [scored_document(self._core.passages[i], s, self._originals.get(i))
                 for i, s in zip(result.ids, result.scores)]
 

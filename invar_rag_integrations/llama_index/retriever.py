@@ -12,7 +12,7 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 
-from ..retrieval.base import Retriever, check_instance, check_k, check_text
+from ..retrieval.base import Retriever, check_instance, check_k
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ._convert import node_passages
 
@@ -54,8 +54,7 @@ class InvarRetriever(BaseRetriever):
                                                       show_progress=False), **kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        query = check_text(query_bundle.query_str)
-        [result] = self._core.search([query], self.similarity_top_k)
+        [result] = self._core.search([query_bundle.query_str], self.similarity_top_k)
         return [NodeWithScore(node=self._nodes[i], score=s)
                 for i, s in zip(result.ids, result.scores)]
 

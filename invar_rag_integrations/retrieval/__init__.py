@@ -39,7 +39,7 @@ def make_retriever(spec: str, data_dir: str | None = None) -> Retriever:
     if spec in ("minilm-ft", "minilm-adapter"):
         from .._optional import require
 
-        baselines = require("training.baselines", "train")
+        baselines = require("invar_rag_integrations.training.baselines", "train")
         return baselines.trained_baseline(spec, data_dir)
     if is_system_dir(spec):
         return InvarRetriever.from_pretrained(spec)

@@ -107,10 +107,15 @@ class Retriever(ABC):
         self._index(passages)
         self.passage_ids = [p.id for p in passages]
 
+    def check_depth(self, k: int, name: str = "k") -> int:
+        """Validate a result count (a positive integer; subclasses may bound it)."""
+        return check_k(k, name)
+
     def search(self, queries: Sequence[str], k: int) -> list[SearchResult]:
-        """Top-``k`` passages per query; ``k`` above the corpus size returns every passage."""
+        """Top-``k`` passages per query; ``k`` above the corpus size returns every passage.
+        Queries and ``k`` are validated here, once, for every wrapper above."""
         queries = check_queries(queries)
-        k = check_k(k)
+        k = self.check_depth(k)
         if not self.passage_ids:
             raise RuntimeError(f"{type(self).__name__} has no index: call index() or load() first")
         if not queries:

@@ -295,17 +295,14 @@ class InvarRetriever(Retriever):
     # --- search ---------------------------------------------------------------------------
 
     def check_depth(self, k: int, name: str = "k") -> int:
-        """Validate a result count: a positive integer no larger than the candidate depth."""
+        """Validate a result count: a positive integer no larger than the candidate depth (the
+        two-stage search reads ``candidates`` passages per query)."""
         k = check_k(k, name)
         if k > self.settings.candidates:
             raise ValueError(f"{name} = {k} is larger than the retriever's candidate depth "
                              f"(candidates = {self.settings.candidates}); ask for at most "
                              f"{self.settings.candidates} or raise settings.candidates")
         return k
-
-    def search(self, queries: Sequence[str], k: int) -> list[SearchResult]:
-        """Top-``k`` passages per query; ``k`` may not exceed the candidate depth."""
-        return super().search(queries, self.check_depth(k))
 
     def candidates(self, queries: list[str]) -> list[SearchResult]:
         """Stage 1 alone: ``settings.candidates`` passages per query."""

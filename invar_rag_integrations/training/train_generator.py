@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m training.train_generator training/configs/generator_smollm2_cpu.json
+    python -m invar_rag_integrations.training.train_generator \
+        training/configs/generator_smollm2_cpu.json
     invar-rag train-generator training/configs/generator_smollm2_cpu.json [--flag value ...]
 
 The retriever is frozen: each training question is retrieved once (results cached under
@@ -66,7 +67,7 @@ class GeneratorDataArguments:
 
 def parse_arguments(argv: Sequence[str]) -> tuple[SystemArguments, GeneratorArguments,
                                                   GeneratorDataArguments, TrainingArguments]:
-    """Step 1: a JSON config and/or flags (see :func:`training.trainer_utils.parse_config`)."""
+    """Step 1: a JSON config and/or flags (see :func:`.trainer_utils.parse_config`)."""
     system, generator, data, train = parse_config(
         (SystemArguments, GeneratorArguments, GeneratorDataArguments, TrainingArguments), argv)
     if not system.system_dir:

@@ -2,9 +2,11 @@
 
 Usage::
 
-    python -m training.train_retriever training/configs/retriever_smollm2_cpu.json
+    python -m invar_rag_integrations.training.train_retriever \
+        training/configs/retriever_smollm2_cpu.json
     invar-rag train-retriever training/configs/retriever_smollm2_cpu.json [--flag value ...]
-    torchrun --nproc_per_node 2 -m training.train_retriever CONFIG.json   # data parallel
+    torchrun --nproc_per_node 2 -m invar_rag_integrations.training.train_retriever \
+        CONFIG.json   # data parallel
 
 A JSON file, optionally followed by flags that override it (or flags alone); the keys are the
 fields of the dataclasses below plus the HF ``TrainingArguments``. Unknown keys are an error.
@@ -128,7 +130,7 @@ class LossArguments:
 
 def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments, LossArguments,
                                                   TrainingArguments]:
-    """Step 1: a JSON config and/or flags (see :func:`training.trainer_utils.parse_config`)."""
+    """Step 1: a JSON config and/or flags (see :func:`.trainer_utils.parse_config`)."""
     return parse_config((ModelArguments, DataArguments, LossArguments, TrainingArguments), argv)
 
 
