@@ -210,11 +210,12 @@ def main(argv: list[str] | None = None) -> None:
                            ("vllm-bf16", {"dtype": "bfloat16"}),
                            ("vllm-no-prefix-cache", {"dtype": "float32",
                                                      "enable_prefix_caching": False}),
-                           ("vllm-merged", {"dtype": "float32"})):
+                           ("vllm-merged", {"dtype": "float32"}),
+                           ("vllm-merged-bf16", {"dtype": "bfloat16"})):
         rss: list[float] = []
         with peak_rss(rss):
             started = time.perf_counter()
-            if name == "vllm-merged":
+            if name.startswith("vllm-merged"):
                 engine = VLLMGenerator(merged, name=base.name, merged=ADAPTER,
                                        max_model_len=2048, **settings)
             else:

@@ -71,7 +71,10 @@ def _flags(options: dict[str, Any]) -> list[str]:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` (connections of a stopped server that are
+    still closing do not count: a restarted server may bind there)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -102,7 +102,7 @@ class TestServed:
         expected = [a.text for a in shipped_rag.answer_batch(questions)]
         max_tokens = shipped_rag.settings.max_new_tokens
         langchain = OpenAI(model="generator", base_url=server.url, api_key="test-key",
-                           temperature=0, max_tokens=max_tokens, stop=["\n"])
+                           temperature=0, max_tokens=max_tokens, model_kwargs={"stop": ["\n"]})
         assert [t.strip() for t in langchain.batch(texts)] == expected
         llama = OpenAILike(model="generator", api_base=server.url, api_key="test-key",
                            is_chat_model=False, temperature=0, max_tokens=max_tokens,
@@ -123,7 +123,8 @@ class TestServed:
         k = shipped_rag.settings.k
         expected = shipped_rag.answer(questions[0])
         llm = OpenAI(model="generator", base_url=server.url, api_key="test-key",
-                     temperature=0, max_tokens=shipped_rag.settings.max_new_tokens, stop=["\n"])
+                     temperature=0, max_tokens=shipped_rag.settings.max_new_tokens,
+                     model_kwargs={"stop": ["\n"]})
         chain = build_rag_chain(InvarRetriever(retriever=shipped_rag.retriever, k=k), llm,
                                 template=shipped_rag.template)
         result = chain.invoke(questions[0])

@@ -69,6 +69,7 @@ def evaluate_answers(pipeline: RAGPipeline, questions: Sequence[Question], syste
 
 
 QA_SYSTEMS = ("closed-book", "base+minilm", "base+invar", "generator+minilm", "invar-rag")
+ADAPTER_SYSTEMS = ("generator+minilm", "invar-rag")  # the rest answer with the base model
 
 
 def compare_systems(system_dir: str, questions: Sequence[Question], passages: Sequence,
@@ -91,6 +92,11 @@ def compare_systems(system_dir: str, questions: Sequence[Question], passages: Se
     unknown = sorted(set(systems) - set(QA_SYSTEMS))
     if unknown:
         raise ValueError(f"unknown systems {unknown}; known: {', '.join(QA_SYSTEMS)}")
+    base_rows = [n for n in systems if n not in ADAPTER_SYSTEMS]
+    if backend == "vllm-merged" and base_rows:
+        raise ValueError(f"the vllm-merged backend serves the generator alone; {base_rows} need "
+                         "the base model: use --backend vllm or --systems invar-rag "
+                         "generator+minilm")
     rag = InvarRAG.from_pretrained(system_dir, corpus=passages, batch_size=batch_size,
                                    backend=backend)
     texts = [q.question for q in questions]
@@ -103,7 +109,7 @@ def compare_systems(system_dir: str, questions: Sequence[Question], passages: Se
                 minilm = DenseRetriever("minilm", show_progress=show_progress)
                 minilm.index(list(passages))
             retriever = minilm
-        adapter = GENERATOR_ADAPTER if name in ("invar-rag", "generator+minilm") else None
+        adapter = GENERATOR_ADAPTER if name in ADAPTER_SYSTEMS else None
         pipeline = RAGPipeline(rag.generator, retriever, passages, rag.settings, rag.template,
                                adapter, batch_size)
         sources = None
