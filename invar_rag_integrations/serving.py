@@ -126,6 +126,17 @@ def served_models(url: str, api_key: str | None = None) -> list[str]:
         return [m["id"] for m in json.load(answer)["data"]]
 
 
+def _stderr_fd() -> int | None:
+    """This process's standard error as a file descriptor (a notebook kernel's ``sys.stderr``
+    has none: then the original one), or ``None``."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            return stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
 class VLLMServer:
     """vLLM's OpenAI-compatible server for one system directory, in its own process group.
 
@@ -200,15 +211,16 @@ class VLLMServer:
         if port_in_use(self.host, self.port):
             raise OSError(f"port {self.port} on {self.host} is already in use; choose another "
                           "one (--port)")
-        output: IO[bytes] | int = sys.stderr.fileno()  # stdout stays for the URL and names
+        output: IO[bytes] | int | None = _stderr_fd()  # stdout stays for the URL and names
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             output = self.log.open("ab")
         try:
-            self.process = subprocess.Popen(self.command(), stdout=output,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=output, start_new_session=True,
+                stderr=subprocess.STDOUT if output is not None else None)
         finally:
-            if not isinstance(output, int):
+            if output is not None and not isinstance(output, int):
                 output.close()
         try:
             wait_for_server(self.url, self.startup_timeout, self.process, self.log)

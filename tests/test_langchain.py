@@ -111,7 +111,7 @@ def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRA
     from_dir = InvarRetriever.from_documents(own, rag.retriever.system_dir, k=2)
     assert [d.id for d in from_dir.invoke("capital of france")] == [d.id for d in mine]
 
-    with pytest.raises(ValueError, match="non-empty string"):
+    with pytest.raises(ValueError, match="empty or whitespace"):
         retriever.invoke(" ")
     with pytest.raises(ValueError, match="k must be a positive integer"):
         retriever.invoke("capital of france", k=0)
@@ -191,7 +191,7 @@ def test_rag_chain_invoke_batch_stream_and_ainvoke(rag: InvarRAG) -> None:
             pieces += key == "answer"
     assert merged == result and pieces >= 1
     assert asyncio.run(chain.ainvoke("who discovered penicillin")) == result
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="empty or whitespace"):
         chain.invoke("   ")
 
 

@@ -94,7 +94,7 @@ def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
     assert len(retriever.retrieve("capital of france")) == depth
     with pytest.raises(ValueError, match="larger than the retriever's candidate depth"):
         InvarRetriever(core, nodes=nodes, similarity_top_k=depth + 1)
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="empty or whitespace"):
         retriever.retrieve("  ")
     with pytest.raises(ValueError, match="similarity_top_k must be a positive integer"):
         InvarRetriever(core, nodes=nodes, similarity_top_k=0)
