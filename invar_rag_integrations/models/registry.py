@@ -110,23 +110,16 @@ def hash_file(path: Path) -> str:
     return _file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantise a GGUF file into an HF folder; atomic: a killed run leaves no half folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def write_model_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """Make the HF folder ``target`` with ``build(folder)`` once, atomically: it is built in a
+    temporary folder beside ``target`` and renamed, so a killed run leaves no half folder and
+    a concurrent run that finished first wins. Returns ``target``."""
+    if (target / "config.json").is_file():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -134,6 +127,26 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF file into the HF folder ``target`` (see :func:`write_model_folder`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def build(folder: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_model_folder(target, build)
 
 
 def _from_hub(name: str, kind: str, defaults: str) -> ModelSource:

@@ -399,12 +399,16 @@ class InvarScorer:
         mask = batch.target_mask.to(device)
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
         total = (logprobs * mask).sum(-1)
-        likelihood = total / mask.sum(-1) if self.settings.normalization == "mean" else total
+        likelihood = self._normalized(total, mask.sum(-1))
         if not features:
             return likelihood, None
         hidden = out.hidden_states[-1][:, -targets.shape[1]:].float()  # the question positions
         weights = mask[..., None].float()
         return likelihood, (hidden * weights).sum(1) / weights.sum(1)
+
+    def _normalized(self, total: Any, count: Any) -> Any:
+        """A question's summed log-likelihood as ``r``: per token (``mean``) or summed."""
+        return total / count if self.settings.normalization == "mean" else total
 
     def _with_soft_tokens(self, model: nn.Module, batch: ScorerBatch,
                           query_coarse: Tensor | None, passage_coarse: Tensor | None) -> Tensor:
@@ -468,9 +472,8 @@ class InvarScorer:
                 rows = [self.tokens.row(q, d) for q, d in zip(questions, passage_ids)]
                 found_logprobs = self.engine.token_logprobs(rows, adapter=self.adapter)
                 for (qi, ci), question, logprobs in zip(pairs, questions, found_logprobs):
-                    total = float(logprobs[-len(question):].sum())
-                    scores[qi][ci] = total / len(question) \
-                        if self.settings.normalization == "mean" else total
+                    scores[qi][ci] = self._normalized(float(logprobs[-len(question):].sum()),
+                                                      len(question))
                 return scores, found
             order = sorted(range(len(pairs)), key=lambda i: -(len(passage_ids[i])
                                                               + len(question_ids[pairs[i][0]])))
