@@ -43,6 +43,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.tune_zero_shot
 	$(PY) -m benchmarks.retriever_stage
+	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage
 	$(PY) -m benchmarks.serving
 

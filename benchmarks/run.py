@@ -130,7 +130,8 @@ _QUALITY = ["acc@1", "acc@5", "acc@10", "acc@20"]
 _SPEED = ["index_s", "passages_per_s", "throughput_vs_plain_st", "cached_reindex_s",
           "latency_p50_ms", "latency_p95_ms", "peak_rss_mb", "train_s", "train_examples_per_s",
           "lsr_prompts_per_s", "cos_weight", "precision_bf16", "tokens_per_s",
-          "s_per_question", "same_answers", "pairs_per_s", "engine_start_s"]
+          "s_per_question", "same_answers", "pairs_per_s", "engine_start_s", "pass_rate",
+          "questions", "passages", "passages_per_s", "questions_per_s"]
 _ANSWERS = ["em", "f1"]
 
 

@@ -12,6 +12,8 @@ from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 from .rag import GENERATION_BACKENDS
 from .retrieval import RETRIEVER_NAMES, InvarSettings
 from .retrieval.invar_retriever import STAGE1
+from .retrieval.scorer import PRECISIONS
+from .synthetic import ROUND_TRIPS
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
@@ -123,14 +125,18 @@ def _make_questions(args: argparse.Namespace) -> None:
     from .data import load_passages
     from .generation import HFGenerator
     from .models import load_base_lm
+    from .retrieval.scorer import resolve_precision
     from .synthetic import SyntheticSettings, make_questions
 
     passages = load_passages(args.corpus)  # validated before any model loads
     settings = SyntheticSettings(passages=args.passages, seed=args.seed,
-                                 round_trip=not args.no_round_trip, batch_size=args.batch_size)
+                                 round_trip=args.round_trip,
+                                 round_trip_depth=args.round_trip_depth,
+                                 batch_size=args.batch_size)
     started = time.perf_counter()
-    counts = make_questions(passages, args.output, HFGenerator(*load_base_lm(args.base_model)),
-                            settings)
+    lm, tokenizer = load_base_lm(args.base_model)
+    lm = lm.to(resolve_precision(args.precision, lm.device))
+    counts = make_questions(passages, args.output, HFGenerator(lm, tokenizer), settings)
     seconds = time.perf_counter() - started
     print(json.dumps(counts))
     print(f"wrote {counts['questions']} questions from {counts['passages']} passages to "
@@ -161,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--candidates", type=_positive_int,
                     help="two-stage retrievers: stage-1 candidates the scorer reads per query")
     ev.add_argument("--split", choices=SPLITS, default="dev")
-    ev.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS,
-                    default=list(RETRIEVAL_DATASETS))
+    ev.add_argument("--datasets", nargs="+", default=list(RETRIEVAL_DATASETS),
+                    help=f"{', '.join(ODQA_DATASETS)}, or a dataset of --data-dir (e.g. "
+                         "synthetic, from make-questions)")
     ev.add_argument("--limit", type=_positive_int, help="first N questions of each dataset")
     ev.add_argument("--k", type=_positive_int, nargs="+", default=[1, 5, 20])
     ev.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
@@ -183,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--system", required=True, help="trained system directory (with generator)")
     qa.add_argument("--systems", nargs="+", choices=QA_SYSTEMS, default=list(QA_SYSTEMS))
     qa.add_argument("--split", choices=SPLITS, default="val")
-    qa.add_argument("--datasets", nargs="+", choices=ODQA_DATASETS, default=list(QA_DATASETS))
+    qa.add_argument("--datasets", nargs="+", default=list(QA_DATASETS),
+                    help=f"{', '.join(ODQA_DATASETS)}, or a dataset of --data-dir")
     qa.add_argument("--sample", type=_positive_int,
                     help="a fixed seeded sample of N questions per dataset (default: all)")
     qa.add_argument("--seed", type=int, default=0)
@@ -228,9 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     questions.add_argument("--seed", type=int, default=0)
     questions.add_argument("--base-model", default="smollm2",
                            help="the question writer: smollm2, gemma3-270m or a model folder")
-    questions.add_argument("--no-round-trip", action="store_true",
-                           help="keep pairs without checking that the LM answers them back")
+    questions.add_argument("--round-trip", choices=ROUND_TRIPS, default="retrieval",
+                           help="retrieval: keep a pair when BM25 ranks its passage in the top "
+                                "--round-trip-depth for the question; answer: when the LM "
+                                "answers it back (strict for a small LM); none")
+    questions.add_argument("--round-trip-depth", type=_positive_int, default=5)
     questions.add_argument("--batch-size", type=_positive_int, default=8)
+    questions.add_argument("--precision", choices=PRECISIONS, default="auto",
+                           help="the writer's weights: auto = bfloat16 where the CPU multiplies "
+                                "it natively (AMX) or on a GPU, else float32")
     questions.set_defaults(func=_make_questions)
 
     serve = commands.add_parser(

@@ -3,11 +3,14 @@
 For a seeded sample of passages: pick an answer span in the passage (a number or a name), ask an
 LM to write the question whose answer it is, and keep the pair only if it passes the filters:
 the answer occurs in the passage by the evaluation's ``has_answer`` rule, the question does not
-contain the answer, and (optionally) round trip: the LM reading the passage and the question
-answers with the span again. The writer is the embedded base LM, a LangChain language model or
-a LlamaIndex LLM. The output is the ODQA layout the training drivers read (``odqa/corpus.jsonl``,
-``odqa/dev_questions.jsonl`` with ``gold_passage_ids``), written as it goes: a killed run keeps
-what it wrote and continues where it stopped.
+contain the answer, and a round trip: either BM25 over the whole corpus ranks the source passage
+among its top ``round_trip_depth`` for the question (``retrieval``, as in Promptagator: the
+question is about that passage), or the LM reading the passage and the question answers with
+the span again (``answer``; strict for a small LM: the embedded SmolLM2 passed 3-5% of pairs).
+The writer is the embedded base LM, a LangChain language model or a LlamaIndex LLM. The output
+is the ODQA layout the training drivers read (``odqa/corpus.jsonl``, ``odqa/dev_questions.jsonl``
+with ``gold_passage_ids``, dataset ``synthetic``), written as it goes: a killed run keeps what it
+wrote and continues where it stopped.
 """
 
 from __future__ import annotations
@@ -30,21 +33,30 @@ from .evaluation.metrics import f1_score, has_answer, normalize_answer
 SYNTHETIC_DATASET = "synthetic"
 MANIFEST = "synthetic.json"
 PROGRESS = "progress.jsonl"
+ROUND_TRIPS = ("retrieval", "answer", "none")
 
-QUESTION_PROMPT = """Write the question that the answer answers, using facts from the passage.
+QUESTION_PROMPT = """Read the passage and write a question that the given answer answers.
 
-Passage: The Amazon River flows through Brazil and Peru and empties into the Atlantic Ocean.
-Answer: the Atlantic Ocean
-Question: Into which ocean does the Amazon River empty?
+Passage: Mount Kilimanjaro. Mount Kilimanjaro is a dormant volcano in Tanzania. It is the highest \
+mountain in Africa, rising 5,895 metres above sea level.
+Answer: Tanzania
+Question: In which country is Mount Kilimanjaro?
 
-Passage: The first transatlantic telegraph cable was completed in 1858.
-Answer: 1858
-Question: In which year was the first transatlantic telegraph cable completed?
+Passage: Marie Curie. Marie Curie was a physicist and chemist who conducted pioneering research \
+on radioactivity. She was born in Warsaw in 1867.
+Answer: 1867
+Question: When was Marie Curie born?
+
+Passage: The Hobbit. The Hobbit is a children's fantasy novel by J. R. R. Tolkien, published in \
+1937 by George Allen & Unwin.
+Answer: J. R. R. Tolkien
+Question: Who wrote The Hobbit?
 
 Passage: {passage}
 Answer: {answer}
 Question:"""
-"""The one question-writing prompt (demonstrations written for this project)."""
+"""The one question-writing prompt (demonstrations written for this project; on 39 passages
+SmolLM2 wrote 3 malformed questions with it, 10 with a two-shot prompt of bare sentences)."""
 
 _NUMBER = re.compile(r"\b\d[\d,.]*\d\b|\b\d\b")
 _OPENERS = {"the", "a", "an", "its", "it", "in", "on", "at", "this", "these", "his", "her",
@@ -60,20 +72,30 @@ class SyntheticSettings:
         passages: Passages sampled (seeded by id; ``None``: all).
         seed: Seed of the passage sample and the answer spans.
         min_words: Shorter passages are skipped.
+        min_span_chars: Shorter answer spans ("I", "27") are not chosen.
         max_passage_words: Passages are cut to this many words in the prompt.
-        round_trip: Keep a pair only if the LM answering from the passage gives the answer
-            back (token F1 >= ``min_round_trip_f1``).
-        min_round_trip_f1: The round-trip threshold.
+        round_trip: ``retrieval``: keep a pair only if BM25 over the corpus ranks the source
+            passage in its top ``round_trip_depth`` for the question; ``answer``: only if the
+            LM answering from the passage gives the answer back (token F1 >=
+            ``min_round_trip_f1``); ``none``.
+        round_trip_depth: The retrieval round trip's depth.
+        min_round_trip_f1: The answer round trip's threshold.
         batch_size: Passages per call of the writer.
     """
 
     passages: int | None = 200
     seed: int = 0
     min_words: int = 12
+    min_span_chars: int = 4
     max_passage_words: int = 120
-    round_trip: bool = True
+    round_trip: str = "retrieval"
+    round_trip_depth: int = 5
     min_round_trip_f1: float = 0.5
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.round_trip not in ROUND_TRIPS:
+            raise ValueError(f"round_trip must be one of {ROUND_TRIPS}, got {self.round_trip!r}")
 
 
 def answer_spans(passage: Passage) -> list[str]:
@@ -99,7 +121,8 @@ def answer_spans(passage: Passage) -> list[str]:
 def choose_span(passage: Passage, settings: SyntheticSettings) -> str | None:
     """The passage's answer span (seeded by the seed and the passage id), or ``None`` for a
     passage too short or without one."""
-    spans = answer_spans(passage) if len(passage.text.split()) >= settings.min_words else []
+    spans = [s for s in answer_spans(passage) if len(s) >= settings.min_span_chars] \
+        if len(passage.text.split()) >= settings.min_words else []
     return random.Random(f"{settings.seed}|{passage.id}").choice(spans) if spans else None
 
 
@@ -205,8 +228,9 @@ def make_questions(corpus: str | os.PathLike[str] | Sequence[Passage],
             ``synthetic.json`` (settings, the corpus hash, counts).
         llm: The question writer (see :func:`as_writer`).
         settings: Sample, seed and filters.
-        answerer: The round-trip LM (any kind :func:`as_writer` takes; default: ``llm``), asked
-            the question over the passage with the project's answer prompt.
+        answerer: The LM of the ``answer`` round trip (any kind :func:`as_writer` takes;
+            default: ``llm``), asked the question over the passage with the project's answer
+            prompt.
         show_progress: Progress bar over passages.
 
     Returns:
@@ -232,7 +256,8 @@ def make_questions(corpus: str | os.PathLike[str] | Sequence[Passage],
     if not (odqa / "corpus.jsonl").is_file():
         save_passages(odqa / "corpus.jsonl", passages)
     write = as_writer(llm)
-    answer = as_writer(answerer if answerer is not None else llm, max_new_tokens=16)
+    round_trip = _round_trip(passages, settings, answerer if answerer is not None else llm,
+                             show_progress)
     done = {r["passage_id"] for r in _read_records(output / PROGRESS)}
     seen = {normalize_answer(q["question"]) for q in _read_records(odqa / "dev_questions.jsonl")}
     todo = [p for p in _sample(passages, settings.passages, settings.seed) if p.id not in done]
@@ -243,7 +268,7 @@ def make_questions(corpus: str | os.PathLike[str] | Sequence[Passage],
                disable=not show_progress)
     for start in range(0, len(todo), settings.batch_size):
         batch = todo[start:start + settings.batch_size]
-        progress, accepted = _one_batch(batch, write, answer, settings, seen)
+        progress, accepted = _one_batch(batch, write, round_trip, settings, seen)
         _append(odqa / "dev_questions.jsonl", accepted)  # questions first: a kill in between
         _append(output / PROGRESS, progress)  # redoes the batch, dedup drops the repeats
         bar.update(len(batch))
@@ -254,7 +279,43 @@ def make_questions(corpus: str | os.PathLike[str] | Sequence[Passage],
     return counts
 
 
-def _one_batch(batch: Sequence[Passage], write: Writer, answer: Writer,
+RoundTrip = Callable[[Sequence[tuple[Passage, str, str]]], list[tuple[bool, dict[str, Any]]]]
+
+
+def _round_trip(passages: Sequence[Passage], settings: SyntheticSettings, answerer: Any,
+                show_progress: bool) -> RoundTrip:
+    """The round-trip check of ``(passage, answer, question)`` triples: whether each passes,
+    and the score recorded with it (``round_trip_rank``, 1-based or ``None`` beyond the
+    depth; or ``round_trip_f1``)."""
+    if settings.round_trip == "retrieval":
+        from .retrieval import BM25Retriever
+
+        bm25 = BM25Retriever()
+        bm25.index(passages)
+        depth = min(settings.round_trip_depth, len(passages))
+
+        def retrieval(triples: Sequence[tuple[Passage, str, str]]) -> list[tuple[bool, dict]]:
+            found = bm25.search([q for _, _, q in triples], depth)
+            ranks = [r.ids.index(p.id) + 1 if p.id in r.ids else None
+                     for (p, _, _), r in zip(triples, found)]
+            return [(rank is not None, {"round_trip_rank": rank}) for rank in ranks]
+        return retrieval
+    if settings.round_trip == "answer":
+        from .generation import PromptTemplate
+
+        answer = as_writer(answerer, max_new_tokens=16)
+        template = PromptTemplate(n_shots=3, max_passage_words=settings.max_passage_words)
+
+        def answered(triples: Sequence[tuple[Passage, str, str]]) -> list[tuple[bool, dict]]:
+            replies = answer([template.render(q, [p]) for p, _, q in triples])
+            scores = [round(f1_score(PromptTemplate.clean_answer(r or ""), [a]), 3)
+                      for r, (_, a, _) in zip(replies, triples)]
+            return [(f >= settings.min_round_trip_f1, {"round_trip_f1": f}) for f in scores]
+        return answered
+    return lambda triples: [(True, {}) for _ in triples]
+
+
+def _one_batch(batch: Sequence[Passage], write: Writer, round_trip: RoundTrip,
                settings: SyntheticSettings, seen: set[str]) -> tuple[list[dict], list[dict]]:
     """Progress records (one per passage) and the accepted question records of one batch."""
     progress: list[dict] = []
@@ -284,19 +345,11 @@ def _one_batch(batch: Sequence[Passage], write: Writer, answer: Writer,
                              "question": question or (text or "")[:200]})
         else:
             checked.append((passage, span, question))
-    scores = [1.0] * len(checked)
-    if settings.round_trip and checked:
-        from .generation import PromptTemplate
-
-        template = PromptTemplate(n_shots=3, max_passage_words=settings.max_passage_words)
-        replies = answer([template.render(q, [p]) for p, _, q in checked])
-        scores = [f1_score(PromptTemplate.clean_answer(r or ""), [s])
-                  for r, (_, s, _) in zip(replies, checked)]
     accepted = []
-    for (passage, span, question), score in zip(checked, scores):
-        record = {"passage_id": passage.id, "answer": span, "question": question,
-                  "round_trip_f1": round(score, 3)}
-        if score < settings.min_round_trip_f1:
+    for (passage, span, question), (passed, score) in zip(checked,
+                                                          round_trip(checked) if checked else []):
+        record = {"passage_id": passage.id, "answer": span, "question": question, **score}
+        if not passed:
             progress.append({**record, "status": "round_trip_failed"})
             continue
         seen.add(normalize_answer(question))
@@ -305,7 +358,7 @@ def _one_batch(batch: Sequence[Passage], write: Writer, answer: Writer,
                          "id": f"syn-{hashlib.sha256(question.encode()).hexdigest()[:12]}",
                          "question": question, "answers": [span],
                          "gold_passage_ids": [passage.id],
-                         "source": {"passage_id": passage.id, "round_trip_f1": round(score, 3)}})
+                         "source": {"passage_id": passage.id, **score}})
     return progress, accepted
 
 

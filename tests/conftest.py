@@ -122,6 +122,7 @@ def _retriever_config(folder: Path, lm: Path, encoder: Path, data: Path,
                       **overrides: object) -> Path:
     import json
 
+    (data / "train").mkdir(exist_ok=True)
     (data / "train" / "FreebaseQA-dev.txt").write_text(
         "Who wrote Hamlet? | william shakespeare\nWhat is the capital of France? | paris\n",
         encoding="utf-8")

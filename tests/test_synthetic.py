@@ -57,7 +57,7 @@ def test_a_langchain_writer_fills_the_odqa_layout_and_drops_what_fails(tmp_path)
     # one reply per passage with a span, in sample order: p1, p2, p4 (seed 0 order below)
     writer = FakeListLLM(responses=["In which year was penicillin discovered by Fleming?",
                                     "", "Lake Baikal 1,642 metres?"])
-    settings = SyntheticSettings(passages=None, round_trip=False, batch_size=8, seed=0)
+    settings = SyntheticSettings(passages=None, round_trip="none", batch_size=8, seed=0)
     counts = make_questions(PASSAGES, tmp_path / "out", writer, settings, show_progress=False)
     assert counts["passages"] == 4 and counts["by_status"]["no_answer_span"] == 1
     assert counts["questions"] + sum(v for k, v in counts["by_status"].items() if k != "ok") \
@@ -71,11 +71,11 @@ def test_a_langchain_writer_fills_the_odqa_layout_and_drops_what_fails(tmp_path)
     assert "malformed_question" in statuses  # the empty reply: dropped and counted
 
 
-def test_round_trip_keeps_only_questions_the_lm_answers_back(tmp_path):
+def test_answer_round_trip_keeps_only_questions_the_lm_answers_back(tmp_path):
     from langchain_core.language_models.fake import FakeListLLM
 
     writer = FakeListLLM(responses=["What does this passage say about the drug discovery?"])
-    settings = SyntheticSettings(passages=None, round_trip=True, seed=0)
+    settings = SyntheticSettings(passages=None, round_trip="answer", seed=0)
     span = choose_span(PASSAGES[0], settings)
     right = make_questions(PASSAGES[:1], tmp_path / "a", writer, settings,
                            answerer=FakeListLLM(responses=[f" {span}\nmore text"]),
@@ -87,6 +87,23 @@ def test_round_trip_keeps_only_questions_the_lm_answers_back(tmp_path):
     assert kept["answers"] == [span] and kept["source"]["round_trip_f1"] == 1.0
     [failed] = read(tmp_path / "b" / "progress.jsonl")
     assert failed["status"] == "round_trip_failed" and failed["round_trip_f1"] == 0.0
+
+
+def test_retrieval_round_trip_keeps_questions_whose_passage_bm25_ranks_high(tmp_path):
+    from langchain_core.language_models.fake import FakeListLLM
+
+    settings = SyntheticSettings(passages=None, round_trip="retrieval", round_trip_depth=1)
+    about_p1 = "Which hospital in the capital saw mould kill bacteria?"  # p1's own words
+    about_p1_too = "Which hospital first made penicillin?"  # written for p2, ranks p1 first
+    counts = make_questions(PASSAGES[:2], tmp_path, FakeListLLM(
+        responses=[about_p1, about_p1_too]), settings, show_progress=False)
+    assert counts["questions"] == 1 and counts["by_status"]["round_trip_failed"] == 1
+    [kept] = read(tmp_path / "odqa" / "dev_questions.jsonl")
+    assert kept["gold_passage_ids"] == ["p1"] and kept["source"]["round_trip_rank"] == 1
+    failed = [r for r in read(tmp_path / "progress.jsonl") if r["status"] != "ok"]
+    assert failed[0]["round_trip_rank"] is None
+    with pytest.raises(ValueError, match="round_trip must be one of"):
+        SyntheticSettings(round_trip="yes")
 
 
 def test_a_rerun_continues_and_another_corpus_is_refused(tmp_path):
@@ -101,11 +118,11 @@ def test_a_rerun_continues_and_another_corpus_is_refused(tmp_path):
 
     writer = CountingLLM(max_tokens=4)  # "text text text text": malformed, dropped
     first = make_questions(PASSAGES, tmp_path, writer, SyntheticSettings(passages=2,
-                           round_trip=False), show_progress=False)
+                           round_trip="none"), show_progress=False)
     assert first["passages"] == 2
     asked = len(calls)
     again = make_questions(PASSAGES, tmp_path, writer, SyntheticSettings(passages=4,
-                           round_trip=False), show_progress=False)
+                           round_trip="none"), show_progress=False)
     assert again["passages"] == 4 and len(calls) - asked <= 2  # only the new passages
     other = [Passage("q1", "Another corpus entirely, about Mount Everest in 1953.", "")]
     with pytest.raises(ValueError, match="holds questions of another corpus"):
@@ -123,3 +140,48 @@ def test_the_embedded_lm_writes_through_the_same_path(tmp_path, tiny_lm_dir):
                             show_progress=False)
     assert counts["passages"] == 4  # whatever the untrained LM wrote was checked and counted
     assert sum(counts["by_status"].values()) == 4
+
+
+def _letters(i: int) -> str:
+    return "".join("abcdefghijklmnopqrstuvwxyz"[int(d)] for d in str(i))
+
+
+@pytest.mark.slow
+def test_both_training_stages_read_the_generated_folder_unchanged(
+        tmp_path, retriever_config):
+    from langchain_core.language_models.fake import FakeListLLM
+
+    from invar_rag_integrations.cli import main as cli
+    from invar_rag_integrations.demo import demo_passages
+    from invar_rag_integrations.evaluation import odqa_questions
+    from invar_rag_integrations.training.retriever_data import select_questions
+    from tests.conftest import generator_config
+
+    # distinct questions without any span of the passages: every pair passes the filters
+    writer = FakeListLLM(responses=[f"Which fact does the passage {_letters(i)} state?"
+                                    for i in range(40)])
+    out = tmp_path / "synthetic"
+    counts = make_questions(demo_passages(), out, writer, SyntheticSettings(
+        passages=None, round_trip="none"), show_progress=False)
+    assert counts["questions"] >= 30
+    assert odqa_questions("fit", ["synthetic"], data=out) and \
+        odqa_questions("tune", ["synthetic"], data=out)
+    with pytest.raises(ValueError, match=r"unknown datasets \['nope'\]; known in .*synthetic"):
+        odqa_questions("fit", ["nope"], data=out)
+
+    synthetic = ["--data_dir", str(out), "--train_datasets", "synthetic",
+                 "--questions_per_dataset", "-1"]
+    cli(["train-retriever", str(retriever_config(tmp_path)), *synthetic,
+         "--tune_questions_per_dataset", "3", "--max_steps", "2"])
+    system = tmp_path / "system"
+    manifest = json.loads((system / "invar_rag.json").read_text())
+    fit, tune = select_questions(["synthetic"], [-1], 3, 0, str(out))
+    assert manifest["metrics"]["retriever"]["train_examples"] == len(fit)
+    assert len(tune) == 3 and manifest["training"]["retriever"]["data"]["train_datasets"] == \
+        ["synthetic"]
+
+    cli(["train-generator", str(generator_config(tmp_path, system, out, max_steps=1)),
+         *synthetic])
+    manifest = json.loads((system / "invar_rag.json").read_text())
+    train, _ = select_questions(["synthetic"], [-1], 0, 42, str(out), split="train")
+    assert manifest["metrics"]["generator"]["train_examples"] == len(train)

@@ -70,27 +70,31 @@ def odqa_questions(
 ) -> list[Question]:
     """ODQA questions of ``split``, optionally only ``datasets`` and the first ``limit`` of each.
 
+    ``datasets`` may name the shared sets (:data:`ODQA_DATASETS`, the default) or any dataset
+    the file holds, e.g. ``synthetic`` in a folder written by ``invar-rag make-questions``.
+
     Raises:
-        ValueError: An unknown dataset name or split, or a non-positive limit.
+        ValueError: A dataset name neither shared nor in the file, an unknown split, or a
+            non-positive limit.
     """
-    wanted = tuple(datasets or ODQA_DATASETS)
-    unknown = sorted(set(wanted) - set(ODQA_DATASETS))
-    if unknown:
-        raise ValueError(f"unknown datasets {unknown}; known: {', '.join(ODQA_DATASETS)}")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     path = data_dir(data) / "odqa" / "dev_questions.jsonl"
-    by_dataset: dict[str, list[Question]] = {name: [] for name in wanted}
+    by_dataset: dict[str, list[Question]] = {}
     for number, record in read_jsonl(path):
         try:
             question = _odqa_question(record)
         except (KeyError, TypeError) as err:
             raise ValueError(f"{path}:{number}: malformed question record ({err})") from None
-        if question.dataset in by_dataset:
-            by_dataset[question.dataset].append(question)
+        by_dataset.setdefault(question.dataset, []).append(question)
+    wanted = tuple(datasets or ODQA_DATASETS)
+    known = dict.fromkeys([*ODQA_DATASETS, *by_dataset])
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown}; known in {path}: {', '.join(known)}")
     selected = []
     for name in wanted:
-        kept = select_split(by_dataset[name], split)
+        kept = select_split(by_dataset.get(name, []), split)
         selected.extend(kept[:limit] if limit else kept)
     return selected
 

@@ -6,7 +6,8 @@
 - ``minilm-adapter``: a residual linear query adapter on frozen MiniLM vectors, trained with a
   softmax over the whole corpus.
 
-Both train on the ``fit`` split of nq, squad and popqa_longtail (positives: gold passages, or
+Both train on the ``fit`` split of nq, squad and popqa_longtail, or of the synthetic questions
+of ``invar-rag make-questions`` (positives: gold passages, or
 for questions without them the mined passages that contain an answer) and keep the epoch with
 the best Acc@1 on the ``tune`` split (epoch 0, the untrained start, included). Trained baselines
 are cached under ``$INVAR_RAG_CACHE/baselines`` with their training log (curve and time).
@@ -88,10 +89,11 @@ def mine_examples(questions: Sequence[Question], passages: Sequence[Passage],
     return examples
 
 
-def _questions(split: str, per_dataset: int | None, data_dir: str | None) -> list[Question]:
+def _questions(split: str, datasets: Sequence[str], per_dataset: int | None,
+               data_dir: str | None) -> list[Question]:
     from invar_rag_integrations.evaluation import odqa_questions
 
-    return odqa_questions(split, DATASETS, per_dataset, data_dir)
+    return odqa_questions(split, datasets, per_dataset, data_dir)
 
 
 def tuning_accuracy(questions: Sequence[Question], ranked: Sequence[Sequence[str]],
@@ -238,9 +240,18 @@ def train_minilm_ft(train: Sequence[Example], tune: Sequence[Question],
 
 
 def trained_baseline(name: str, data_dir: str | None = None,
-                     settings: BaselineSettings | None = None) -> Any:
+                     settings: BaselineSettings | None = None,
+                     datasets: Sequence[str] = DATASETS, label: str | None = None) -> Any:
     """The ``minilm-ft`` or ``minilm-adapter`` retriever (not yet indexed), trained on first
     use and cached; its log (``training.json``: curve, time, counts) sits beside it.
+
+    Args:
+        name: ``minilm-ft`` or ``minilm-adapter``.
+        data_dir: The folder with ``odqa/`` whose corpus and questions it trains on.
+        settings: Training settings (default :class:`BaselineSettings`).
+        datasets: The question sets of ``data_dir`` (e.g. ``["synthetic"]`` in a folder of
+            ``invar-rag make-questions``).
+        label: The retriever's name in results (default ``name``).
 
     Raises:
         ValueError: An unknown baseline name.
@@ -254,14 +265,14 @@ def trained_baseline(name: str, data_dir: str | None = None,
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     settings = settings or BaselineSettings()
     passages = odqa_corpus(data_dir)
-    train_q = _questions("fit", None, data_dir)
-    tune_q = _questions("tune", settings.tune_per_dataset, data_dir)
+    train_q = _questions("fit", datasets, None, data_dir)
+    tune_q = _questions("tune", datasets, settings.tune_per_dataset, data_dir)
     key = hashlib.sha256(json.dumps([name, asdict(settings), texts_hash(
         [p.full_text() for p in passages]), [q.id for q in train_q + tune_q]]).encode())
     folder = cache_dir() / "baselines" / f"{name}-{key.hexdigest()[:16]}"
     log_file = folder / "training.json"
     if log_file.is_file():
-        return _load_baseline(name, folder)
+        return _load_baseline(name, folder, label)
 
     started = time.perf_counter()
     minilm = DenseRetriever("minilm")
@@ -295,10 +306,10 @@ def trained_baseline(name: str, data_dir: str | None = None,
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     print(f"{name}: trained in {log['train_seconds']} s; tuning curve {curve}", file=sys.stderr)
-    return _load_baseline(name, folder)
+    return _load_baseline(name, folder, label)
 
 
-def _load_baseline(name: str, folder: Path) -> Any:
+def _load_baseline(name: str, folder: Path, label: str | None = None) -> Any:
     from safetensors.numpy import load_file
 
     from invar_rag_integrations.models import load_coarse_encoder
@@ -307,8 +318,9 @@ def _load_baseline(name: str, folder: Path) -> Any:
     if name == "minilm-adapter":
         weights = load_file(str(folder / "adapter.safetensors"))
         retriever = QueryAdapterRetriever(weights["weight"], weights["bias"], "minilm",
-                                          label=name)
+                                          label=label or name)
     else:
-        retriever = DenseRetriever(load_coarse_encoder(str(folder / "best")), label=name)
+        retriever = DenseRetriever(load_coarse_encoder(str(folder / "best")),
+                                   label=label or name)
     retriever.training_log = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     return retriever

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.datasets import ODQA_DATASETS, freebaseqa, odqa_questions
+from invar_rag_integrations.evaluation.datasets import freebaseqa, odqa_questions
 from invar_rag_integrations.evaluation.metrics import has_answer
 from invar_rag_integrations.retrieval.scorer import passage_text
 
@@ -27,7 +27,6 @@ from .candidates import resize_context
 from .lsr import LSRScorer, lsr_prompt
 from .query_variants import rewrite
 
-TRAIN_SOURCES = (*ODQA_DATASETS, "freebaseqa")
 LSR_SERVED_WORDS = 100  # the LM answers from a passage's first words, about what the scorer reads
 
 
@@ -64,13 +63,12 @@ def select_questions(sources: Sequence[str], counts: Sequence[int], tune_count: 
     """``(training, tuning)`` questions: ``counts[i]`` training ones of each source from
     ``split`` (``fit`` = training questions outside the tuning slice; ``train`` = all of them)
     or FreebaseQA, and ``tune_count`` tuning ones per ODQA source from the ``tune`` split;
-    never validation. A count of -1 takes every question of its source."""
+    never validation. A source is ``freebaseqa`` or any dataset of ``<data_dir>/odqa`` (the
+    shared ones, or ``synthetic`` in a folder of ``invar-rag make-questions``). A count of -1
+    takes every question of its source."""
     if len(sources) != len(counts):
         raise ValueError(f"train_datasets ({len(sources)}) and questions_per_dataset "
                          f"({len(counts)}) must have the same length")
-    unknown = sorted(set(sources) - set(TRAIN_SOURCES))
-    if unknown:
-        raise ValueError(f"unknown training datasets {unknown}; known: {', '.join(TRAIN_SOURCES)}")
     train, tune = [], []
     for source, count in zip(sources, counts):
         pool = freebaseqa(data=data_dir) if source == "freebaseqa" else \
