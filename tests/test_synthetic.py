@@ -124,6 +124,8 @@ def test_a_rerun_continues_and_another_corpus_is_refused(tmp_path):
     again = make_questions(PASSAGES, tmp_path, writer, SyntheticSettings(passages=4,
                            round_trip="none"), show_progress=False)
     assert again["passages"] == 4 and len(calls) - asked <= 2  # only the new passages
+    timing = json.loads((tmp_path / "synthetic.json").read_text())["timing"]
+    assert timing["passages"] == 4 and timing["seconds"] > 0  # summed over both runs
     other = [Passage("q1", "Another corpus entirely, about Mount Everest in 1953.", "")]
     with pytest.raises(ValueError, match="holds questions of another corpus"):
         make_questions(other, tmp_path, writer, show_progress=False)
