@@ -89,13 +89,6 @@ def mine_examples(questions: Sequence[Question], passages: Sequence[Passage],
     return examples
 
 
-def _questions(split: str, datasets: Sequence[str], per_dataset: int | None,
-               data_dir: str | None) -> list[Question]:
-    from invar_rag_integrations.evaluation import odqa_questions
-
-    return odqa_questions(split, datasets, per_dataset, data_dir)
-
-
 def tuning_accuracy(questions: Sequence[Question], ranked: Sequence[Sequence[str]],
                     passages: dict[str, Passage]) -> dict[str, float]:
     """Acc@1 per dataset and their mean (``mean``) for ranked passage ids."""
@@ -256,7 +249,7 @@ def trained_baseline(name: str, data_dir: str | None = None,
     Raises:
         ValueError: An unknown baseline name.
     """
-    from invar_rag_integrations.evaluation import odqa_corpus
+    from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.paths import cache_dir
     from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever
     from invar_rag_integrations.retrieval.embedding_cache import texts_hash
@@ -265,8 +258,8 @@ def trained_baseline(name: str, data_dir: str | None = None,
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     settings = settings or BaselineSettings()
     passages = odqa_corpus(data_dir)
-    train_q = _questions("fit", datasets, None, data_dir)
-    tune_q = _questions("tune", datasets, settings.tune_per_dataset, data_dir)
+    train_q = odqa_questions("fit", datasets, None, data_dir)
+    tune_q = odqa_questions("tune", datasets, settings.tune_per_dataset, data_dir)
     key = hashlib.sha256(json.dumps([name, asdict(settings), texts_hash(
         [p.full_text() for p in passages]), [q.id for q in train_q + tune_q]]).encode())
     folder = cache_dir() / "baselines" / f"{name}-{key.hexdigest()[:16]}"
