@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from invar_rag_integrations.data import Passage
@@ -162,3 +163,23 @@ def test_fusion_retriever_indexes_searches_saves_and_loads(tiny_encoder_dir, tmp
     assert [r.ids for r in loaded.search(queries, k=5)] == [r.ids for r in before]
     with pytest.raises(ValueError, match="at least two"):
         FusionRetriever([BM25Retriever()])
+
+
+def test_embeddings_are_stored_per_text_so_shared_texts_are_encoded_once(tmp_path):
+    from invar_rag_integrations.retrieval.embedding_cache import cached_embeddings
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+    first, cached = cached_embeddings(["a", "bb", "a"], "toy", encode, chunk_size=1)
+    assert not cached and calls == [["a"], ["bb"]]  # a repeated text is encoded once
+    again, cached = cached_embeddings(["bb", "ccc", "a"], "toy", encode)
+    assert not cached and calls[-1] == ["ccc"]  # only the new text
+    assert np.array_equal(again, encode(["bb", "ccc", "a"]))
+    whole, cached = cached_embeddings(["bb", "ccc", "a"], "toy", encode)
+    assert cached and np.array_equal(whole, again)
+    other, _ = cached_embeddings(["a"], "another model", encode)
+    assert calls[-1] == ["a"]  # another encoder never reads these vectors
