@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 from .rag import GENERATION_BACKENDS
@@ -17,7 +18,8 @@ from .synthetic import ROUND_TRIPS
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
+    from .evaluation import evaluate_retrieval, odqa_questions
+    from .evaluation.chunking import chunked_corpus
     from .evaluation.results import pivot_table, write_results
     from .retrieval import InvarRetriever, make_retriever
 
@@ -25,7 +27,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
         raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
                          "EM only, not for Acc@k")
     questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
-    passages = odqa_corpus(args.data_dir)  # validated before any model loads
+    passages = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
     retriever = make_retriever(args.retriever, args.data_dir)
     ks = list(args.k)
     if isinstance(retriever, InvarRetriever):
@@ -48,8 +50,11 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
         print(f"indexed {len(passages)} passages in {time.perf_counter() - started:.1f} s",
               file=sys.stderr)
     rows = evaluate_retrieval(retriever, questions, by_id, args.split, ks)
+    for row in rows:
+        row["chunking"] = args.chunking
     print(pivot_table(rows, [f"acc@{k}" for k in ks]))
-    output = args.output or f"eval-retrieval-{retriever.name}-{args.split}.json"
+    chunking = "" if args.chunking == PASSAGES else f"-{args.chunking}"
+    output = args.output or f"eval-retrieval-{retriever.name}-{args.split}{chunking}.json"
     print(f"wrote {write_results(output, rows)}", file=sys.stderr)
 
 
@@ -167,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--candidates", type=_positive_int,
                     help="two-stage retrievers: stage-1 candidates the scorer reads per query")
     ev.add_argument("--split", choices=SPLITS, default="dev")
+    ev.add_argument("--chunking", choices=CHUNKING_NAMES, default=PASSAGES,
+                    help="the corpus as 100-word passages (default), or its articles cut by "
+                         "LlamaIndex's SentenceSplitter (llama-256/512/1024 tokens) or "
+                         "LangChain's RecursiveCharacterTextSplitter (lc-1000/4000 characters)")
     ev.add_argument("--datasets", nargs="+", default=list(RETRIEVAL_DATASETS),
                     help=f"{', '.join(ODQA_DATASETS)}, or a dataset of --data-dir (e.g. "
                          "synthetic, from make-questions)")

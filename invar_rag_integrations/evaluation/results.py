@@ -11,20 +11,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides the LM's speed
+
 
 def machine_description() -> str:
-    """CPU model, core count and memory, for results files."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, its speed-relevant flags (AVX2, AVX-512, native bf16), core count and
+    memory, for results files."""
+    cpu, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                present = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in SPEED_FLAGS if f in present) or "none of " + \
+                    "/".join(SPEED_FLAGS)
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         memory = f", {pages / 2**30:.0f} GiB"
     except (OSError, ValueError):
         memory = ""
-    return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()}"
+    cpu = cpu or platform.processor() or platform.machine()
+    flags = f" (flags: {flags})" if flags else ""
+    return f"{cpu}{flags}, {os.cpu_count()} cores{memory}, {platform.system()}"
 
 
 def git_commit() -> str:
