@@ -30,7 +30,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .data import Passage, check_corpus, load_passages, save_passages
-from .evaluation.metrics import f1_score, has_answer, normalize_answer
+from .evaluation.metrics import answer_window, f1_score, has_answer, normalize_answer
 
 SYNTHETIC_DATASET = "synthetic"
 MANIFEST = "synthetic.json"
@@ -75,7 +75,8 @@ class SyntheticSettings:
         seed: Seed of the passage sample and the answer spans.
         min_words: Shorter passages are skipped.
         min_span_chars: Shorter answer spans ("I", "27") are not chosen.
-        max_passage_words: Passages are cut to this many words in the prompt.
+        max_passage_words: The writer reads this many words of a passage, around the chosen
+            answer (a long node is read in the window that holds it).
         round_trip: ``retrieval``: keep a pair only if BM25 over the corpus ranks the source
             passage in its top ``round_trip_depth`` for the question; ``answer``: only if the
             LM answering from the passage gives the answer back (token F1 >=
@@ -128,11 +129,17 @@ def choose_span(passage: Passage, settings: SyntheticSettings) -> str | None:
     return random.Random(f"{settings.seed}|{passage.id}").choice(spans) if spans else None
 
 
+def answer_view(passage: Passage, answer: str, max_words: int) -> Passage:
+    """What the writer and the answer round trip read of a passage: its ``max_words`` words
+    around the answer (a long node's window that holds it)."""
+    return Passage(passage.id, answer_window(passage.text, [answer], max_words), passage.title)
+
+
 def question_prompt(passage: Passage, answer: str, max_words: int) -> str:
-    words = passage.text.split()
-    text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+    view = answer_view(passage, answer, max_words)
     title = f"{passage.title}. " if passage.title else ""
-    return QUESTION_PROMPT.format(passage=title + text, answer=answer)
+    cut = " ..." if len(view.text.split()) < len(passage.text.split()) else ""
+    return QUESTION_PROMPT.format(passage=title + view.text + cut, answer=answer)
 
 
 def clean_question(text: str) -> str | None:
@@ -317,7 +324,8 @@ def _round_trip(passages: Sequence[Passage], settings: SyntheticSettings,
         template = PromptTemplate(n_shots=3, max_passage_words=settings.max_passage_words)
 
         def answered(triples: Sequence[tuple[Passage, str, str]]) -> list[tuple[bool, dict]]:
-            replies = answer([template.render(q, [p]) for p, _, q in triples])
+            replies = answer([template.render(q, [answer_view(p, a, settings.max_passage_words)])
+                              for p, a, q in triples])
             scores = [round(f1_score(PromptTemplate.clean_answer(r or ""), [a]), 3)
                       for r, (_, a, _) in zip(replies, triples)]
             return [(f >= settings.min_round_trip_f1, {"round_trip_f1": f}) for f in scores]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +44,9 @@ def _scorer(lm, **settings) -> InvarScorer:
 def _naive_score(model, tokenizer, scorer: InvarScorer, query: str, passage: Passage) -> float:
     """Full forward of one unpadded sequence, log-softmax over every position."""
     question = scorer.tokens.question(query)
-    ids = scorer.tokens.bos + scorer.tokens.head + scorer.tokens.passage(passage_text(passage)) \
-        + scorer.tokens.tail + question
+    window = tokenizer(passage_text(passage), add_special_tokens=False)["input_ids"][
+        : scorer.settings.max_passage_tokens]  # a passage that fits is one window, all of it
+    ids = scorer.tokens.bos + scorer.tokens.head + window + scorer.tokens.tail + question
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -96,21 +96,13 @@ def test_sum_normalization_is_mean_times_question_length(lm) -> None:
         mean.score("who discovered penicillin", PASSAGES) * length, rel=1e-4)
 
 
-def test_long_passages_are_cut_counted_and_warned_once(lm) -> None:
-    scorer = _scorer(lm, max_passage_tokens=8)
-    long = Passage("long", " ".join(["river"] * 50))
-    with pytest.warns(UserWarning, match="passage text longer than 8 tokens was truncated"):
-        scorer.score("longest river", [long, Passage("x", "another river " * 20)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        scorer.score("longest river", [Passage("y", "mountain " * 30)])
-    assert scorer.tokens.truncated == {"passage": 3, "query": 0}
-    assert len(scorer.tokens.passage(passage_text(long))) == 8
+def test_long_queries_keep_their_last_tokens_and_warn_once(lm) -> None:
     short_queries = _scorer(lm, max_query_tokens=4)
     question = "please tell me " * 5 + "who found penicillin"
     with pytest.warns(UserWarning, match="query text .* truncated to its last 4"):
         ids = short_queries.tokens.question(question)
     assert ids == _scorer(lm).tokens.question(question)[-4:]
+    assert short_queries.tokens.truncated == {"query": 1}
 
 
 def test_bos_is_added_only_for_tokenizers_that_use_it(lm) -> None:
@@ -131,7 +123,7 @@ def test_bf16_serving_copy_follows_the_weights_and_scores_like_autocast(lm) -> N
     assert scorer.serving_model() is copy  # made once
     served = scorer.score("who discovered penicillin", PASSAGES)
     question = [scorer.tokens.question("who discovered penicillin")] * 3
-    passages = [scorer.tokens.passage(passage_text(p)) for p in PASSAGES]
+    passages = [windows[0] for windows in scorer.tokens.windows("who", PASSAGES)[0]]
     with torch.no_grad():
         autocast = scorer.pair_scores(question, passages).numpy()  # the training path
     assert np.allclose(served, autocast, atol=0.05)
@@ -156,7 +148,7 @@ def test_a_lora_at_zero_scores_like_the_base_model_and_trains_only_its_weights(l
                          precision="float32")
     assert np.allclose(scorer.score("who discovered penicillin", PASSAGES), base, atol=1e-5)
     ids = scorer.tokens.question("who discovered penicillin")
-    scorer.pair_scores([ids], [scorer.tokens.passage("penicillin")]).sum().backward()
+    scorer.pair_scores([ids], [scorer.tokens.node("penicillin").body]).sum().backward()
     trained = {n for n, p in peft_model.named_parameters() if p.grad is not None}
     assert trained and all("lora_" in n for n in trained)
 
@@ -173,7 +165,7 @@ def test_soft_tokens_read_the_coarse_vectors_and_train_the_projector(lm) -> None
     b = scorer.score_batch(["q"], [PASSAGES], query, [np.ones((3, 4), np.float32)])[0]
     assert not np.allclose(a, b)
     ids = scorer.tokens.question("q")
-    scorer.pair_scores([ids], [scorer.tokens.passage("x")], torch.ones(1, 4),
+    scorer.pair_scores([ids], [scorer.tokens.node("x").body], torch.ones(1, 4),
                        torch.ones(1, 4)).sum().backward()
     assert all(p.grad is not None for p in projector.parameters())
 

@@ -16,6 +16,7 @@ from invar_rag_integrations.synthetic import (
     choose_span,
     clean_question,
     make_questions,
+    question_prompt,
 )
 
 PASSAGES = [
@@ -39,6 +40,16 @@ def test_answer_spans_are_numbers_and_names_not_sentence_openers():
     assert answer_spans(Passage("x", "The cat sat. It slept.")) == []
     spans = answer_spans(PASSAGES[3])  # "The Wright" loses its sentence-opening article
     assert "Kitty Hawk" in spans and "Wright" in spans and "The Wright" not in spans
+
+
+def test_a_long_node_is_read_around_its_answer():
+    long = Passage("n", "The valley farms grow barley and oats. " * 60
+                   + "The lighthouse was designed by Ottilie Brand in 1887.", "Varnholm")
+    prompt = question_prompt(long, "Ottilie Brand", 120)
+    passage = prompt.rsplit("Passage: ", 1)[1].split("\nAnswer:")[0]
+    assert "Ottilie Brand" in passage and len(passage.split()) <= 122  # title + 120 words
+    short = question_prompt(PASSAGES[0], "1928", 120)
+    assert "Penicillin. Alexander Fleming discovered penicillin in 1928" in short
 
 
 def test_clean_question_keeps_one_question_line():

@@ -88,9 +88,10 @@ def test_candidate_sets_keep_stage1_order_add_gold_and_mark_answer_positives() -
     assert found.ids == ["g", "b", "c"] and found.positives == [True, False, False]
     no_gold = Question("q", "who discovered penicillin", ("Fleming",), "freebaseqa")
     assert candidate_set(no_gold, ["b", "a"], PASSAGES, 3).positives == [False, True]
-    view = passage_view(PASSAGES["g"], ["Fleming"], 0)
-    assert view == "Fleming. Alexander Fleming discovered penicillin in 1928."
-    assert passage_view(PASSAGES["g"], ["1928"], 2) == "Fleming. in 1928."
+    with_empty = {**PASSAGES, "e": Passage("e", "  ", "Empty")}
+    assert candidate_set(no_gold, ["e", "b", "a"], with_empty, 2).ids == ["b", "a"]
+    assert passage_view(PASSAGES["g"], ["Fleming"], 0) == PASSAGES["g"]  # read as served
+    assert passage_view(PASSAGES["g"], ["1928"], 2) == Passage("g", "in 1928.", "Fleming")
 
 
 def test_lsr_scores_match_the_lm_and_resume_from_the_cache(tiny_lm_dir: Path,
@@ -133,6 +134,13 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
     path.write_text(json.dumps({"output_dir": "x", "lam": 2.0, "num_train_epochs": 3}))
     model, data, loss, train = parse_arguments([str(path), "--use_invar", "false", "--lam", "0.5"])
     assert (loss.use_invar, loss.lam, train.num_train_epochs) == (False, 0.5, 3)
+    _, data, _, _ = parse_arguments([str(path), "--chunking", "llama-1024",
+                                     "--max_passage_tokens", "256", "--max_windows", "1"])
+    assert data.chunking == "llama-1024"
+    with pytest.raises(ValueError, match="chunking must be one of .*got 'llama-2048'"):
+        parse_arguments([str(path), "--chunking", "llama-2048"])
+    with pytest.raises(ValueError, match="window_stride must be between 1 and"):
+        parse_arguments([str(path), "--window_stride", "400"])
 
 
 @pytest.mark.slow
@@ -160,6 +168,39 @@ def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
     assert list((Path(os.environ["INVAR_RAG_CACHE"]) / "lsr").glob("lsr-*.jsonl"))
     retriever = make_retriever(str(system))
     assert retriever.name == "invar"
+    assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
+
+
+@pytest.mark.slow
+def test_driver_trains_on_long_nodes_read_in_windows(
+        tmp_path: Path, retriever_config: Callable[..., Path], odqa_dir: Path) -> None:
+    from invar_rag_integrations.cli import main as cli
+    from invar_rag_integrations.data import load_passages, save_passages
+    from invar_rag_integrations.retrieval import make_retriever
+    from invar_rag_integrations.training import retriever_trainer
+
+    corpus = odqa_dir / "odqa" / "corpus.jsonl"  # each topic's passages: one long article
+    save_passages(corpus, [Passage(p.id, p.text, p.id.split("-")[0])
+                           for p in load_passages(corpus)])
+    read = []
+    real = retriever_trainer.ScorerTrainingModel.lm_scores
+
+    def spy(self, variants, views, *args):
+        read.append(max(len(w) for v in range(len(variants[0])) for nodes in
+                        [self.reranker.scorer.tokens.windows(variants[0][v], views[0][v])[0]]
+                        for w in nodes))
+        return real(self, variants, views, *args)
+
+    retriever_trainer.ScorerTrainingModel.lm_scores = spy
+    try:
+        cli(["train-retriever", str(retriever_config(tmp_path, num_train_epochs=1)),
+             "--chunking", "lc-1000", "--max_passage_tokens", "64", "--max_windows", "2"])
+    finally:
+        retriever_trainer.ScorerTrainingModel.lm_scores = real
+    assert read and max(read) == 2  # candidates were read in (pre-selected) windows
+    retriever = make_retriever(str(tmp_path / "system"))
+    assert all("#" in pid for pid in retriever.passage_ids)  # the index holds the nodes
+    assert len(retriever.passage_ids) < 40 and retriever.settings.max_windows == 2
     assert len(retriever.search(["who discovered penicillin"], 3)[0].ids) == 3
 
 
@@ -255,11 +296,15 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
     from invar_rag_integrations.training.losses import InvarRetrievalLoss
     from invar_rag_integrations.training.retriever_trainer import ScorerTrainingModel
 
-    retriever = InvarRetriever.zero_shot(
+    retriever = InvarRetriever.zero_shot(  # long nodes: read as windows, as serving reads them
         str(tiny_lm_dir), str(tiny_encoder_dir),
-        InvarSettings(candidates=4, cos_weight=0.3, bm25_weight=0.7), precision="float32",
+        InvarSettings(candidates=4, cos_weight=0.3, bm25_weight=0.7, max_passage_tokens=16,
+                      window_aggregation="softmax", max_windows=2), precision="float32",
         show_progress=False)
-    retriever.index(list(PASSAGES.values()))
+    retriever.coarse_encoder.max_seq_length = 12  # stage 1 reads windows too
+    long = Passage("long", "the river flows past the city " * 6 + "Fleming found penicillin.",
+                   "Medicine")
+    retriever.index([*PASSAGES.values(), long])
     scorer = retriever.scorer
     scorer.lm = get_peft_model(scorer.lm, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
                                adapter_name="retriever")
@@ -278,11 +323,13 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
                  [retriever.passages[i].full_text() for i in served.ids]))[None],
              "bm25": torch.from_numpy(np.stack(retriever.bm25_term([query], [served.ids])))[None],
              "mask": torch.ones(1, 4, dtype=torch.bool)}
+    batch["cosine"] = torch.from_numpy(np.stack(retriever.passage_cosines(
+        batch["query_coarse"][0].numpy(), [served.ids])))[None]
+    assert "long" in served.ids and len(scorer.tokens.windows(query, [long])[0][0]) == 2
     assert batch["bm25"].max() > 0  # the BM25 term takes part
     r = model.lm_scores([[query]], [views], batch["mask"], batch["query_coarse"],
                         batch["passage_coarse"])
-    cosine = torch.einsum("bvd,bcd->bvc", batch["query_coarse"], batch["passage_coarse"])
-    trained = model.weights(r, cosine, batch["bm25"])[0, 0]
+    trained = model.weights(r, batch["cosine"], batch["bm25"])[0, 0]
     assert np.allclose(trained.detach().numpy(), served.scores, atol=1e-4)
     out = model(variants=[[query]], views=[views], positives=torch.tensor([[True, False] * 2]),
                 lm_logprobs=torch.zeros(1, 1, 4), **batch)

@@ -1,4 +1,5 @@
-"""Answer metrics: Acc@k by DPR's ``has_answer`` token matching, and SQuAD-style EM / F1."""
+"""Answer metrics: Acc@k by DPR's ``has_answer`` token matching, and SQuAD-style EM / F1; the
+words of a text around its first answer mention by the same matching (``answer_window``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,29 @@ def has_answer(answers: Iterable[str], text: str) -> bool:
             if token == first and tokens[start : start + n] == target:
                 return True
     return False
+
+
+def _answer_start(words: list[str], answers: Sequence[str]) -> int | None:
+    """Index of the first word where an answer's token sequence begins, if any."""
+    targets = [t for t in (match_tokens(a) for a in answers) if t]
+    for i in range(len(words)):
+        window = match_tokens(" ".join(words[i : i + 12]))
+        if any(window[: len(t)] == t for t in targets):
+            return i
+    return None
+
+
+def answer_window(text: str, answers: Sequence[str], words: int) -> str:
+    """At most ``words`` words of ``text``, centred on the first answer mention when there is
+    one (else its beginning)."""
+    if words <= 0:
+        raise ValueError(f"words must be positive, got {words}")
+    tokens = text.split()
+    if len(tokens) > words:
+        hit = _answer_start(tokens, answers)
+        start = 0 if hit is None else min(max(0, hit - words // 2), len(tokens) - words)
+        tokens = tokens[start : start + words]
+    return " ".join(tokens)
 
 
 def first_hit_rank(answers: Sequence[str], ranked_texts: Sequence[str]) -> int | None:

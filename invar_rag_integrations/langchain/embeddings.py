@@ -20,7 +20,8 @@ from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbeddings(Embeddings):
-    """``embed_query`` and ``embed_documents`` give stage-1 vectors.
+    """``embed_query`` and ``embed_documents`` give stage-1 vectors (a long document: the
+    mean of its windows' vectors, ``InvarReranker.text_vectors``).
 
     Args:
         retriever: The core Invar retriever (no index needed), or
@@ -37,7 +38,7 @@ class InvarEmbeddings(Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         for text in texts:
             check_text(text, "document text")
-        return self.retriever.reranker.coarse(list(texts)).tolist()
+        return self.retriever.reranker.text_vectors(list(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         return self.retriever.reranker.coarse([check_text(text, "query")])[0].tolist()

@@ -23,7 +23,8 @@ from ..retrieval.invar_retriever import check_invar_retriever
 
 class InvarEmbedding(BaseEmbedding):
     """Stage-1 vectors for queries (``_get_query_embedding``) and nodes
-    (``_get_text_embedding``).
+    (``_get_text_embedding``; a long node: the mean of its windows' vectors,
+    ``InvarReranker.text_vectors``).
 
     Args:
         retriever: The core Invar retriever (no index needed).
@@ -61,7 +62,7 @@ class InvarEmbedding(BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
         for text in texts:
             check_text(text, "text to embed")
-        return self._core.reranker.coarse(list(texts)).tolist()
+        return self._core.reranker.text_vectors(list(texts)).tolist()
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
         return await asyncio.to_thread(self._get_text_embedding, text)

@@ -19,21 +19,24 @@ __all__ = ["BM25Retriever", "DenseRetriever", "FusionRetriever", "InvarReranker"
            "Retriever", "RETRIEVER_NAMES", "ScorerSettings", "SearchResult", "fused_score",
            "make_retriever", "reciprocal_rank_fusion"]
 
-RETRIEVER_NAMES = ("bm25", "minilm", "rrf", "upr-zero-shot", "minilm-ft", "minilm-adapter")
+RETRIEVER_NAMES = ("bm25", "minilm", "minilm-windows", "rrf", "rrf-windows", "upr-zero-shot",
+                   "minilm-ft", "minilm-adapter")
 
 
 def make_retriever(spec: str, data_dir: str | None = None) -> Retriever:
-    """A retriever by name, to be indexed: ``bm25``, ``minilm``, ``rrf`` (their fusion),
+    """A retriever by name, to be indexed: ``bm25``, ``minilm``, ``rrf`` (their fusion), with
+    ``-windows`` MiniLM reading long passages as windows (``DenseRetriever``),
     ``upr-zero-shot`` (the two-stage retriever with the zero-shot scorer), ``minilm-ft`` or
     ``minilm-adapter`` (MiniLM fine-tuned, or a query adapter trained, on the ODQA training
     questions under ``data_dir``; trained once and cached); or a trained system directory
     (``invar_rag.json``; with its saved index if it has one) or a saved index folder."""
     if spec == "bm25":
         return BM25Retriever()
-    if spec == "minilm":
-        return DenseRetriever("minilm")
-    if spec == "rrf":
-        return FusionRetriever([BM25Retriever(), DenseRetriever("minilm")])
+    if spec in ("minilm", "minilm-windows"):
+        return DenseRetriever("minilm", windows=spec.endswith("-windows"))
+    if spec in ("rrf", "rrf-windows"):
+        return FusionRetriever([BM25Retriever(),
+                                DenseRetriever("minilm", windows=spec.endswith("-windows"))])
     if spec == "upr-zero-shot":
         return InvarRetriever.zero_shot()
     if spec in ("minilm-ft", "minilm-adapter"):

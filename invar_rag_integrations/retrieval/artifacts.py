@@ -71,11 +71,12 @@ def write_stage(path: str | os.PathLike[str], manifest: dict[str, Any], stage: s
     write_manifest(path, manifest)
 
 
-def retriever_hash(settings: InvarSettings, base_identity: str, coarse_identity: str,
-                   *weights: Path | None) -> str:
-    """Identity of a scorer: its settings, both models and its trained weight files (adapter,
-    projector, head; ``None`` where it has none)."""
-    parts = [json.dumps(asdict(settings), sort_keys=True), base_identity, coarse_identity,
+def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
+                   coarse_identity: str, *weights: Path | None) -> str:
+    """Identity of a scorer: its settings (as the manifest stores them), both models and its
+    trained weight files (adapter, projector, head; ``None`` where it has none)."""
+    stored = settings if isinstance(settings, dict) else asdict(settings)
+    parts = [json.dumps(stored, sort_keys=True), base_identity, coarse_identity,
              *(hash_file(w) if w is not None else "none" for w in weights)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
@@ -198,7 +199,9 @@ def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
     for file in (adapter, projector_file, head_file):
         if file is not None and not file.is_file():
             raise FileNotFoundError(f"retriever file missing: {file}")
-    digest = retriever_hash(settings, expected, coarse.invar_source.identity, adapter,
+    # the hash covers the settings as stored: a manifest written before a setting existed
+    # still loads, and the setting takes its default
+    digest = retriever_hash(entry["settings"], expected, coarse.invar_source.identity, adapter,
                             projector_file, head_file)
     if digest != entry["hash"]:
         raise ValueError(f"{path}: the retriever's settings or weights differ from the ones the "

@@ -63,4 +63,5 @@ class QueryAdapterRetriever(DenseRetriever):
         retriever = cls(weights["weight"], weights["bias"], dense.encoder,
                         batch_size=dense.batch_size, label=dense.label)
         retriever.encoder_name, retriever._faiss = dense.encoder_name, dense._faiss
+        retriever._starts = dense._starts
         return retriever

@@ -4,8 +4,9 @@
 prompt, computed by the base LM plus the ``retriever`` LoRA adapter when one is loaded (no
 adapter, or a LoRA at zero, is zero-shot query likelihood: UPR, Sachan et al. 2022).
 :class:`ScorerTokens` is the one place where the scorer's token sequences are built (prompt
-template, passage cap, BOS, optional soft tokens ``P(c(d))`` / ``P(c(q))``); serving and
-training both use it through :meth:`InvarScorer.pair_scores`.
+template, the windows a long node is read in (``windows.py``), BOS, optional soft tokens
+``P(c(d))`` / ``P(c(q))``); serving and training both use it through
+:meth:`InvarScorer.pair_scores`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from torch import Tensor, nn
 
 from ..data import Passage
 from ..models.adapters import model_lock, use_adapter
+from .windows import (
+    EMPTY_SCORE,
+    NodeTokens,
+    aggregate,
+    aggregation_weights,
+    check_window_settings,
+    windows_to_read,
+)
 
 RETRIEVER_ADAPTER = "retriever"
 SCORE_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
@@ -37,11 +46,26 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 class ScorerSettings:
     """Everything that changes ``r(q, d)``; stored in the manifest and covered by its hash.
 
+    The window defaults (one 128-token window per node, the best by BM25) were chosen on the
+    tuning slice by ``python -m benchmarks.tune_windows``
+    (``benchmarks/results/window_tuning.json``): on 512- and 1024-token nodes they read as
+    many tokens as the first window alone and ranked better than every other reading tried,
+    all windows with MaxP included.
+
     Attributes:
         prompt: The text around the passage; ``{passage}`` marks where it goes and the
             question's tokens follow the prompt.
-        max_passage_tokens: Passage tokens kept (longer passages are cut, counted and warned
-            about once).
+        max_passage_tokens: The window: passage tokens the LM reads at once (the title
+            included); a longer passage is read as several windows (``windows.py``).
+        window_stride: Tokens between the starts of consecutive windows (``<=`` the window;
+            ``None``: three quarters of it).
+        window_aggregation: How a node's ``r`` comes from its windows' scores: ``first``,
+            ``max`` (MaxP), ``mean`` or ``softmax`` (a smooth maximum).
+        window_temperature: Temperature of the ``softmax`` aggregation.
+        max_windows: Windows the LM reads per node at most; a node with more is read in part
+            (counted in ``InvarScorer.window_counts``).
+        preselect: Which windows of such a node are read: ``bm25`` (the best by BM25 against
+            the question) or ``none`` (its first ones).
         max_query_tokens: Question tokens scored (a longer question keeps its last tokens,
             counted and warned about once).
         normalization: ``mean`` (log-likelihood per question token) or ``sum``.
@@ -54,6 +78,11 @@ class ScorerSettings:
 
     prompt: str = SCORE_PROMPT
     max_passage_tokens: int = 128
+    window_stride: int | None = None
+    window_aggregation: str = "max"
+    window_temperature: float = 0.3
+    max_windows: int = 1
+    preselect: str = "bm25"
     max_query_tokens: int = 64
     normalization: str = "mean"
     num_soft_tokens: int = 0
@@ -70,9 +99,18 @@ class ScorerSettings:
                              f"and num_soft_tokens >= 0; got {self.max_passage_tokens}, "
                              f"{self.max_query_tokens}, {self.projector_hidden}, "
                              f"{self.num_soft_tokens}")
+        check_window_settings(self.max_passage_tokens, self.stride, self.max_windows,
+                              self.window_aggregation, self.window_temperature, self.preselect)
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
                              f"{self.normalization!r}")
+
+    @property
+    def stride(self) -> int:
+        """Tokens between window starts (``window_stride``, or three quarters of the window)."""
+        if self.window_stride is not None:
+            return self.window_stride
+        return max(1, self.max_passage_tokens * 3 // 4)
 
 
 def passage_text(passage: Passage | str) -> str:
@@ -182,13 +220,14 @@ class ScorerBatch:
 
 
 class ScorerTokens:
-    """Builds scorer sequences: ``[BOS] prompt-head [P(c(d))] passage prompt-tail [P(c(q))]
-    question``, the passage cut to ``max_passage_tokens``; tokenised passages are cached.
+    """Builds scorer sequences: ``[BOS] prompt-head [P(c(d))] window prompt-tail [P(c(q))]
+    question``, where a window is a node's title and a slice of its text (``windows.py``);
+    tokenised nodes are cached by their title and text, so a changed text is tokenised again.
 
     Args:
         tokenizer: The base LM's tokenizer.
         settings: The scorer settings.
-        cache_size: Passage tokenisations kept (least recently used ones are dropped).
+        cache_size: Node tokenisations kept (least recently used ones are dropped).
     """
 
     def __init__(self, tokenizer: Any, settings: ScorerSettings, cache_size: int = 50_000):
@@ -201,8 +240,8 @@ class ScorerTokens:
         self.bos = [bos] if bos is not None and probe and probe[0] == bos else []  # e.g. Gemma
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
-        self._passages: OrderedDict[str, list[int]] = OrderedDict()
-        self.truncated = {"passage": 0, "query": 0}
+        self._nodes: OrderedDict[tuple[str, str], NodeTokens] = OrderedDict()
+        self.truncated = {"query": 0}
         self._warned: set[str] = set()
 
     def _cut(self, kind: str, ids: list[int], cap: int, keep: str) -> list[int]:
@@ -217,19 +256,41 @@ class ScorerTokens:
         return ids[:cap] if keep == "first" else ids[-cap:]
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if not text:
+            return []
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
-    def passage(self, text: str) -> list[int]:
-        """Token ids of a passage text, cut to the cap (cached by text)."""
-        ids = self._passages.get(text)
-        if ids is not None:
-            self._passages.move_to_end(text)
-            return ids
-        ids = self._cut("passage", self._ids(text), self.settings.max_passage_tokens, "first")
-        self._passages[text] = ids
-        if len(self._passages) > self.cache_size:
-            self._passages.popitem(last=False)
-        return ids
+    def node(self, passage: Passage | str) -> NodeTokens:
+        """A node's tokens (cached): the prefix ``Title.`` (none for a plain string) and the
+        body, tokenised so that prefix + body is the tokenisation of :func:`passage_text`. A
+        node without text has an empty body."""
+        title, text = ("", passage) if isinstance(passage, str) else (passage.title,
+                                                                     passage.text)
+        key = (title, text)
+        found = self._nodes.get(key)
+        if found is not None:
+            self._nodes.move_to_end(key)
+            return found
+        if not text.strip():
+            found = NodeTokens([], [])
+        elif title:
+            found = NodeTokens(self._ids(f"{title}."), self._ids(f" {text}"))
+        else:
+            found = NodeTokens([], self._ids(text))
+        self._nodes[key] = found
+        if len(self._nodes) > self.cache_size:
+            self._nodes.popitem(last=False)
+        return found
+
+    def windows(self, query: str, nodes: Sequence[Passage | str]) -> tuple[list[list[list[int]]],
+                                                                           int]:
+        """The token ids of the windows the LM reads of each node for ``query`` (none for a
+        node without text), and how many nodes were read in part (more than ``max_windows``
+        windows)."""
+        settings = self.settings
+        return windows_to_read(query, [self.node(n) for n in nodes], settings.max_passage_tokens,
+                               settings.stride, settings.max_windows, settings.preselect,
+                               self.tokenizer.decode)
 
     def question(self, text: str) -> list[int]:
         """Token ids of a question as it continues the prompt (a leading space), cut to the
@@ -308,6 +369,8 @@ class InvarScorer:
         self.dtype = resolve_precision(precision, self.device)
         self._bf16: tuple[nn.Module, int, nn.Module] | None = None  # (source, version, copy)
         self.engine: Any = None
+        self.window_counts = {"nodes": 0, "windows_read": 0, "nodes_read_in_part": 0}
+        self._warned_cut = False
 
     def use_engine(self, engine: Any) -> None:
         """Score through a vLLM engine (a ``VLLMGenerator`` serving this scorer's adapter)
@@ -431,7 +494,10 @@ class InvarScorer:
                     passage_coarse: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         """``r(q, d)`` for every query's candidates (float32 arrays, one per query).
 
-        Pairs of all queries are sorted by length and scored in batches, so they pad little.
+        A node longer than the window is read in windows and their scores aggregated
+        (``ScorerSettings``); a node without text scores ``-inf``, below every other. The
+        windows of all queries' candidates are sorted by length and scored in batches, so they
+        pad little.
 
         Args:
             queries: The query texts.
@@ -449,7 +515,9 @@ class InvarScorer:
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per query, the question log-likelihood ``[C]`` and the head's input features
         ``[C, H]`` of each candidate (the head itself is not applied): what a head is trained
-        on while the LM stays frozen."""
+        on while the LM stays frozen. A node read in several windows gets its windows'
+        likelihoods and features weighted as its served score weighs them with the current
+        head."""
         return self._batched(queries, candidates, query_coarse, passage_coarse, True)
 
     @torch.inference_mode()
@@ -460,56 +528,116 @@ class InvarScorer:
             raise ValueError(f"{len(candidates)} candidate lists for {len(queries)} queries")
         with model_lock(self.lm):  # the tokenizer, its cache and eval mode: threads take turns
             question_ids = [self.tokens.question(q) for q in queries]
-            pairs = [(qi, ci) for qi, cands in enumerate(candidates) for ci in range(len(cands))]
-            passage_ids = [self.tokens.passage(passage_text(candidates[qi][ci]))
-                           for qi, ci in pairs]
-            width = self.lm.get_input_embeddings().embedding_dim
-            scores = [np.zeros(len(c), dtype=np.float32) for c in candidates]
-            found = [np.zeros((len(c), width if features else 0), np.float32)
-                     for c in candidates]
-            if self.engine is not None and not features:
-                questions = [question_ids[qi] for qi, _ in pairs]
-                rows = [self.tokens.row(q, d) for q, d in zip(questions, passage_ids)]
-                found_logprobs = self.engine.token_logprobs(rows, adapter=self.adapter)
-                for (qi, ci), question, logprobs in zip(pairs, questions, found_logprobs):
-                    scores[qi][ci] = self._normalized(float(logprobs[-len(question):].sum()),
-                                                      len(question))
-                return scores, found
-            order = sorted(range(len(pairs)), key=lambda i: -(len(passage_ids[i])
-                                                              + len(question_ids[pairs[i][0]])))
-            was_training = self.lm.training
-            self.lm.eval()
-            model = self.serving_model()
-            try:
-                for chunk in _chunks(order, self.batch_size):
-                    coarse = self._chunk_coarse(chunk, pairs, query_coarse, passage_coarse)
-                    questions = [question_ids[pairs[i][0]] for i in chunk]
-                    passages = [passage_ids[i] for i in chunk]
-                    if features:
-                        values, vectors = self.pair_outputs(questions, passages, *coarse, True,
-                                                            model)
-                        vectors = vectors.cpu().numpy()
-                    else:
-                        values = self.pair_scores(questions, passages, *coarse, model)
-                    for j, (i, value) in enumerate(zip(chunk, values.tolist())):
-                        scores[pairs[i][0]][pairs[i][1]] = value
-                        if features:
-                            found[pairs[i][0]][pairs[i][1]] = vectors[j]
-            finally:
-                self.lm.train(was_training)
+            owners: list[tuple[int, int]] = []  # (query, candidate) of each window read
+            windows: list[list[int]] = []
+            for qi, (query, cands) in enumerate(zip(queries, candidates)):
+                read, cut = self.tokens.windows(query, cands)
+                self._count(read, cut)
+                for ci, node_windows in enumerate(read):
+                    owners += [(qi, ci)] * len(node_windows)
+                    windows += node_windows
+            values, vectors = self._window_outputs(question_ids, owners, windows, query_coarse,
+                                                   passage_coarse, features)
+        width = self.lm.get_input_embeddings().embedding_dim if features else 0
+        scores = [np.full(len(c), EMPTY_SCORE, dtype=np.float32) for c in candidates]
+        found = [np.zeros((len(c), width), np.float32) for c in candidates]
+        start = 0
+        while start < len(owners):  # the windows of one node are consecutive
+            stop = start + 1
+            while stop < len(owners) and owners[stop] == owners[start]:
+                stop += 1
+            qi, ci = owners[start]
+            mine = values[start:stop]
+            method, temperature = self.settings.window_aggregation, \
+                self.settings.window_temperature
+            if not features:
+                scores[qi][ci] = float(aggregate(mine, method, temperature))
+            else:  # the windows weighted as the served score weighs them (head included), so
+                # likelihood + head(features) is the served score (the softmax: its weighted mean)
+                served = mine if self.head is None else \
+                    mine + self.head(vectors[start:stop].to(self.head.weight.dtype))[:, 0].float()
+                weights = aggregation_weights(served, method, temperature)
+                scores[qi][ci] = float(weights @ mine)
+                found[qi][ci] = (weights @ vectors[start:stop]).numpy()
+            start = stop
         return scores, found
 
-    def _chunk_coarse(self, chunk: list[int], pairs: list[tuple[int, int]],
-                      query_coarse: np.ndarray | None,
+    @torch.inference_mode()
+    def window_scores(self, questions: Sequence[str],
+                      windows: Sequence[list[int]]) -> np.ndarray:
+        """``r`` of each ``(question, window)`` pair, a window given as its token ids (e.g. from
+        ``tokens.node(...).windows(...)``): to study readings of long nodes from one pass."""
+        with model_lock(self.lm):
+            ids = [self.tokens.question(q) for q in questions]
+            values, _ = self._window_outputs(ids, [(i, 0) for i in range(len(ids))],
+                                             list(windows), None, None, False)
+        return values.numpy()
+
+    def _count(self, read: list[list[list[int]]], cut: int) -> None:
+        """Add one query's reading to :attr:`window_counts`; warn once when nodes were cut to
+        their first windows (``preselect = "none"``)."""
+        counts = self.window_counts
+        counts["nodes"] += len(read)
+        counts["windows_read"] += sum(len(w) for w in read)
+        counts["nodes_read_in_part"] += cut
+        if cut and self.settings.preselect == "none" and not self._warned_cut:
+            self._warned_cut = True
+            warnings.warn(f"a node longer than max_windows = {self.settings.max_windows} "
+                          "windows was read in its first windows only (counted in "
+                          "InvarScorer.window_counts; warned once); preselect = 'bm25' reads "
+                          "its best windows instead", stacklevel=4)
+
+    def _window_outputs(self, question_ids: list[list[int]], owners: list[tuple[int, int]],
+                        windows: list[list[int]], query_coarse: np.ndarray | None,
+                        passage_coarse: Sequence[np.ndarray] | None,
+                        features: bool) -> tuple[Tensor, Tensor | None]:
+        """``(r [N], features [N, H] or None)`` of each window read with its query's question;
+        windows of all queries are sorted by length and scored in batches (the engine scores
+        them all at once)."""
+        values = torch.zeros(len(windows))
+        vectors = torch.zeros(len(windows), self.lm.get_input_embeddings().embedding_dim) \
+            if features else None
+        if not windows:
+            return values, vectors
+        if self.engine is not None and not features:
+            questions = [question_ids[qi] for qi, _ in owners]
+            rows = [self.tokens.row(q, w) for q, w in zip(questions, windows)]
+            found = self.engine.token_logprobs(rows, adapter=self.adapter)
+            for i, (question, logprobs) in enumerate(zip(questions, found)):
+                values[i] = self._normalized(float(logprobs[-len(question):].sum()),
+                                             len(question))
+            return values, vectors
+        order = sorted(range(len(windows)),
+                       key=lambda i: -(len(windows[i]) + len(question_ids[owners[i][0]])))
+        was_training = self.lm.training
+        self.lm.eval()
+        model = self.serving_model()
+        try:
+            for chunk in _chunks(order, self.batch_size):
+                coarse = self._chunk_coarse([owners[i] for i in chunk], query_coarse,
+                                            passage_coarse)
+                questions = [question_ids[owners[i][0]] for i in chunk]
+                passages = [windows[i] for i in chunk]
+                if features:
+                    found, found_vectors = self.pair_outputs(questions, passages, *coarse, True,
+                                                             model)
+                    vectors[chunk] = found_vectors.float().cpu()
+                else:
+                    found = self.pair_scores(questions, passages, *coarse, model)
+                values[chunk] = found.float().cpu()
+        finally:
+            self.lm.train(was_training)
+        return values, vectors
+
+    def _chunk_coarse(self, owners: list[tuple[int, int]], query_coarse: np.ndarray | None,
                       passage_coarse: Sequence[np.ndarray] | None) -> tuple[Tensor | None, ...]:
-        """The coarse vectors of a chunk's queries and passages (soft tokens only)."""
+        """The coarse vectors of a chunk's queries and nodes (soft tokens only)."""
         if not self.settings.num_soft_tokens:
             return None, None
         if query_coarse is None or passage_coarse is None:
             raise ValueError("soft tokens need query_coarse and passage_coarse")
-        return (torch.from_numpy(np.stack([query_coarse[pairs[i][0]] for i in chunk])),
-                torch.from_numpy(np.stack([passage_coarse[pairs[i][0]][pairs[i][1]]
-                                           for i in chunk])))
+        return (torch.from_numpy(np.stack([query_coarse[qi] for qi, _ in owners])),
+                torch.from_numpy(np.stack([passage_coarse[qi][ci] for qi, ci in owners])))
 
     def score(self, query: str, passages: Sequence[Passage | str]) -> np.ndarray:
         """``r(query, d)`` for each passage (an empty list gives an empty array)."""

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.metrics import has_answer, match_tokens
+from invar_rag_integrations.evaluation.metrics import answer_window, has_answer
 
 
 @dataclass(frozen=True)
@@ -59,28 +59,8 @@ def mine_candidates(question: Question, ranked: Sequence[Sequence[str]],
     return Candidates(chosen, positives)
 
 
-def _answer_start(words: list[str], answers: Sequence[str]) -> int | None:
-    """Index of the first word where an answer's token sequence begins, if any."""
-    targets = [t for t in (match_tokens(a) for a in answers) if t]
-    for i in range(len(words)):
-        window = match_tokens(" ".join(words[i : i + 12]))
-        if any(window[: len(t)] == t for t in targets):
-            return i
-    return None
-
-
 def resize_context(passage: Passage, answers: Sequence[str], words: int) -> str:
-    """The passage as the LM sees it in one context-resizing variant.
-
-    A window of at most ``words`` words of the passage text, centred on the first answer
-    mention when there is one (else its beginning), under the passage title.
-    """
-    if words <= 0:
-        raise ValueError(f"words must be positive, got {words}")
-    tokens = passage.text.split()
-    if len(tokens) > words:
-        hit = _answer_start(tokens, answers)
-        start = 0 if hit is None else min(max(0, hit - words // 2), len(tokens) - words)
-        tokens = tokens[start : start + words]
-    body = " ".join(tokens)
+    """The passage as the LM sees it in one context-resizing variant: its
+    :func:`answer_window` of ``words`` words under the passage title."""
+    body = answer_window(passage.text, answers, words)
     return f"{passage.title}\n{body}" if passage.title else body

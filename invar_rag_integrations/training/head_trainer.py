@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from invar_rag_integrations.data import Passage
 from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset
 from invar_rag_integrations.retrieval.scorer import InvarScorer, zero_head
 
@@ -39,18 +40,24 @@ def scorer_identity(scorer: InvarScorer) -> str:
                                       f"weights:{serving}"]).encode()).hexdigest()
 
 
-def scorer_outputs(scorer: InvarScorer, queries: Sequence[str], views: Sequence[str],
+def scorer_outputs(scorer: InvarScorer, queries: Sequence[str],
+                   views: Sequence[Passage | str],
                    show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(r [N], features [N, H])`` of ``(query, passage view)`` pairs, cached on disk in
     chunks (an interrupted pass resumes)."""
     from invar_rag_integrations.retrieval.embedding_cache import cached_embeddings
 
-    keys = [f"{q}\x00{v}" for q, v in zip(queries, views)]
+    def key(query: str, view: Passage | str) -> str:
+        title, text = ("", view) if isinstance(view, str) else (view.title, view.text)
+        return json.dumps([query, title, text])
+
+    keys = [key(q, v) for q, v in zip(queries, views)]
+    pairs = dict(zip(keys, zip(queries, views)))
 
     def encode(batch: list[str]) -> np.ndarray:
-        pairs = [key.split("\x00", 1) for key in batch]
-        r, features = scorer.likelihoods_and_features([q for q, _ in pairs],
-                                                      [[v] for _, v in pairs])
+        chosen = [pairs[k] for k in batch]
+        r, features = scorer.likelihoods_and_features([q for q, _ in chosen],
+                                                      [[v] for _, v in chosen])
         return np.concatenate([np.stack([x[0] for x in r])[:, None],
                                np.concatenate(features)], axis=1)
 
@@ -76,7 +83,7 @@ class FeatureSet:
 
 
 def feature_set(scorer: InvarScorer, variants: Sequence[Sequence[str]],
-                views: Sequence[Sequence[Sequence[str]]], cosine: Sequence[np.ndarray],
+                views: Sequence[Sequence[Sequence[Passage | str]]], cosine: Sequence[np.ndarray],
                 bm25: Sequence[np.ndarray], positives: Sequence[Sequence[bool]],
                 lm_logprobs: Sequence[np.ndarray] | None, datasets: Sequence[str],
                 show_progress: bool = True) -> FeatureSet:
@@ -84,7 +91,7 @@ def feature_set(scorer: InvarScorer, variants: Sequence[Sequence[str]],
 
     Args:
         variants: Per question, its ``V`` query texts.
-        views: Per question, per variant, its candidates' passage texts.
+        views: Per question, per variant, its candidates' passage views.
         cosine, bm25: Per question, ``[V, C]`` coarse cosines and BM25 features.
         positives: Per question, which candidates are positive (or contain an answer).
         lm_logprobs: Per question, ``[V, C]`` LSR scores (``None``: zeros, for evaluation).

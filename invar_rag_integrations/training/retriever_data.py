@@ -3,8 +3,9 @@
 An example holds, for one question, ``V`` variants (variant 0 is the original query reading the
 passages as served; then query rewrites and paraphrases; then context resizings of the original
 query), ``C`` stage-1 candidates (gold passages added where known) with their positive flags,
-and, for every variant x candidate (``[V][C]``), ``log P_LM(answer | passage view, query)``
-and the BM25 feature (added by the driver when stage 1 has BM25; zeros otherwise).
+and, for every variant x candidate (``[V][C]``), ``log P_LM(answer | passage view, query)``,
+the coarse cosine and the BM25 feature (both added by the driver; BM25 zeros without BM25 in
+stage 1).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import torch
 
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.evaluation.datasets import freebaseqa, odqa_questions
-from invar_rag_integrations.evaluation.metrics import has_answer
-from invar_rag_integrations.retrieval.scorer import passage_text
+from invar_rag_integrations.evaluation.metrics import answer_window, has_answer
 
 from .candidates import resize_context
 from .lsr import LSRScorer, lsr_prompt
 from .query_variants import rewrite
 
-LSR_SERVED_WORDS = 100  # the LM answers from a passage's first words, about what the scorer reads
+# The LM answers from a node's window of this many words around the answer (its beginning when
+# it holds none): about one scorer window, the one the scorer's best window reads.
+LSR_SERVED_WORDS = 100
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ def select_questions(sources: Sequence[str], counts: Sequence[int], tune_count: 
 def candidate_set(question: Question, ranking: Sequence[str], passages: Mapping[str, Passage],
                   depth: int) -> CandidateSet:
     """Stage 1's top ``depth``, with the question's gold passages put in place of the lowest
-    ranked others when stage 1 missed them."""
-    ids = list(ranking[:depth])
+    ranked others when stage 1 missed them; a passage without text (it scores lowest when
+    served) is no training candidate."""
+    ids = [pid for pid in ranking if passages[pid].text.strip()][:depth]
     missing = [g for g in question.gold_passage_ids if g in passages and g not in ids][:depth]
     if missing:
         ids = ids[: depth - len(missing)] + missing
@@ -107,13 +110,12 @@ def make_variants(question: str, rewrite_kinds: Sequence[str], num_rewrites: int
             + [Variant(f"context{words}", question, words) for words in context_words])
 
 
-def passage_view(passage: Passage, answers: Sequence[str], words: int) -> str:
-    """The text of a passage in one variant: as the scorer serves it (``words = 0``), or an
-    answer-centred window of ``words`` words (context resizing)."""
+def passage_view(passage: Passage, answers: Sequence[str], words: int) -> Passage:
+    """A passage in one variant: as the scorer serves it (``words = 0``: the whole node, read
+    in windows), or its answer-centred window of ``words`` words (context resizing)."""
     if not words:
-        return passage_text(passage)
-    window = resize_context(passage, answers, words)
-    return window.replace("\n", ". ", 1) if passage.title else window
+        return passage
+    return Passage(passage.id, answer_window(passage.text, answers, words), passage.title)
 
 
 def lm_paraphrases(questions: Sequence[str], generator: Any, count: int) -> list[list[str]]:
@@ -138,8 +140,8 @@ def build_examples(questions: Sequence[Question], candidates: Sequence[Candidate
         start = len(pairs)
         for view in views:
             for pid in cands.ids:
-                context = resize_context(passages[pid], question.answers, view.context_words) \
-                    if view.context_words else resize_context(passages[pid], (), LSR_SERVED_WORDS)
+                context = resize_context(passages[pid], question.answers,
+                                         view.context_words or LSR_SERVED_WORDS)
                 pairs.append((lsr_prompt(context, view.query), question.answers[0]))
         spans.append((start, len(pairs)))
     scores = scorer.score(pairs)
@@ -163,7 +165,8 @@ class RetrieverDataset(torch.utils.data.Dataset):
     consumes them.
 
     Args:
-        examples: From :func:`build_examples`.
+        examples: From :func:`build_examples`, with the driver's ``bm25`` and ``cosine`` of
+            every variant x candidate (the cosine as stage 1 scores it).
         query_coarse: Coarse vector of every variant text.
         passage_coarse: Coarse vector of every candidate passage id.
         passages: The corpus by id.
@@ -185,6 +188,7 @@ class RetrieverDataset(torch.utils.data.Dataset):
                        for p in ex["candidate_ids"]] for words in ex["context_words"]],
             "query_coarse": np.stack([self.query_coarse[v] for v in ex["variants"]]),
             "passage_coarse": np.stack([self.passage_coarse[p] for p in ex["candidate_ids"]]),
+            "cosine": np.asarray(ex["cosine"], dtype=np.float32),
             "bm25": np.asarray(ex["bm25"], dtype=np.float32),
             "positives": ex["positives"],
             "lm_logprobs": np.asarray(ex["lm_logprobs"], dtype=np.float32),
@@ -203,6 +207,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     positives = torch.zeros(batch, width, dtype=torch.bool)
     lm = torch.zeros(batch, count, width)
     bm25 = torch.zeros(batch, count, width)
+    cosine = torch.zeros(batch, count, width)
     passage_coarse = torch.zeros(batch, width, dim)
     for i, it in enumerate(items):
         c = len(it["positives"])
@@ -210,8 +215,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         positives[i, :c] = torch.tensor(it["positives"])
         lm[i, :, :c] = torch.from_numpy(it["lm_logprobs"])
         bm25[i, :, :c] = torch.from_numpy(it["bm25"])
+        cosine[i, :, :c] = torch.from_numpy(it["cosine"])
         passage_coarse[i, :c] = torch.from_numpy(it["passage_coarse"])
     return {"variants": [it["variants"] for it in items], "views": [it["views"] for it in items],
             "query_coarse": torch.from_numpy(np.stack([it["query_coarse"] for it in items])),
-            "passage_coarse": passage_coarse, "bm25": bm25, "mask": mask, "positives": positives,
-            "lm_logprobs": lm}
+            "passage_coarse": passage_coarse, "cosine": cosine, "bm25": bm25, "mask": mask,
+            "positives": positives, "lm_logprobs": lm}

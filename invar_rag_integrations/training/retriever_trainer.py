@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, has_answer
 from invar_rag_integrations.retrieval.invar_retriever import InvarReranker, fused_score
+from invar_rag_integrations.retrieval.windows import aggregate
 
 from .losses import InvarRetrievalLoss
 
@@ -87,35 +88,49 @@ class ScorerTrainingModel(nn.Module):
         self.term_sums: dict[str, float] = defaultdict(float)
         self.term_count = 0
 
-    def lm_scores(self, variants: list[list[str]], views: list[list[list[str]]], mask: Tensor,
-                  query_coarse: Tensor, passage_coarse: Tensor) -> Tensor:
+    def lm_scores(self, variants: list[list[str]], views: list[list[list[Passage | str]]],
+                  mask: Tensor, query_coarse: Tensor, passage_coarse: Tensor) -> Tensor:
         """``r`` of shape ``[B, V, C]`` (zero where ``mask`` is false), with gradients; coarse
-        vectors ``[B, V, d]`` and ``[B, C, d]`` feed the soft tokens when there are any."""
+        vectors ``[B, V, d]`` and ``[B, C, d]`` feed the soft tokens when there are any. Each
+        view is read in the windows serving reads (``ScorerTokens.windows``) and its windows'
+        scores aggregated as serving aggregates them."""
         scorer = self.reranker.scorer
+        settings = scorer.settings
         batch, count, width = len(variants), len(variants[0]), mask.shape[1]
-        cells = [(b, v, c) for b in range(batch) for v in range(count) for c in range(width)
-                 if mask[b, c]]
+        cells, owners, windows = [], [], []  # owners: the cell of each window read
+        for b in range(batch):
+            for v in range(count):
+                candidates = [views[b][v][c] for c in range(width) if mask[b, c]]
+                read, _ = scorer.tokens.windows(variants[b][v], candidates)
+                for c, node_windows in enumerate(read):
+                    if not node_windows:  # candidate_set leaves such passages out
+                        raise ValueError(f"candidate {c} of training example {b} has no text")
+                    owners += [len(cells)] * len(node_windows)
+                    windows += node_windows
+                    cells.append((b, v, c))
         questions = {(b, v): scorer.tokens.question(variants[b][v])
                      for b in range(batch) for v in range(count)}
         values = []
-        for start in range(0, len(cells), self.micro_batch):
-            chunk = cells[start : start + self.micro_batch]
+        for start in range(0, len(windows), self.micro_batch):
+            chunk = [cells[o] for o in owners[start : start + self.micro_batch]]
             rows = torch.tensor([b for b, _, _ in chunk])
             values.append(scorer.pair_scores(
-                [questions[b, v] for b, v, _ in chunk],
-                [scorer.tokens.passage(views[b][v][c]) for b, v, c in chunk],
+                [questions[b, v] for b, v, _ in chunk], windows[start : start + self.micro_batch],
                 query_coarse[rows, torch.tensor([v for _, v, _ in chunk])],
                 passage_coarse[rows, torch.tensor([c for _, _, c in chunk])]))
         flat = torch.cat(values)
+        bounds = torch.tensor(owners).bincount(minlength=len(cells)).tolist()
+        per_cell = torch.stack([aggregate(part, settings.window_aggregation,
+                                          settings.window_temperature)
+                                for part in flat.split(bounds)])
         index = torch.tensor([(b * count + v) * width + c for b, v, c in cells])
-        return flat.new_zeros(batch * count * width).index_put((index,), flat).view(
+        return per_cell.new_zeros(batch * count * width).index_put((index,), per_cell).view(
             batch, count, width)
 
-    def forward(self, variants: list[list[str]], views: list[list[list[str]]],
-                query_coarse: Tensor, passage_coarse: Tensor, bm25: Tensor, mask: Tensor,
-                positives: Tensor, lm_logprobs: Tensor) -> dict[str, Tensor]:
+    def forward(self, variants: list[list[str]], views: list[list[list[Passage | str]]],
+                query_coarse: Tensor, passage_coarse: Tensor, cosine: Tensor, bm25: Tensor,
+                mask: Tensor, positives: Tensor, lm_logprobs: Tensor) -> dict[str, Tensor]:
         r = self.lm_scores(variants, views, mask, query_coarse, passage_coarse)
-        cosine = torch.einsum("bvd,bcd->bvc", query_coarse, passage_coarse)
         scores = self.weights(r, cosine.to(r.device), bm25.to(r.device))
         out = self.loss(scores[:, 0], mask, positives=positives, lm_logprobs=lm_logprobs[:, 0],
                         variant_scores=scores, variant_lm_logprobs=lm_logprobs,
@@ -153,17 +168,16 @@ class LossTermsCallback(TrainerCallback):
 
 def tuning_accuracy(model: ScorerTrainingModel, questions: Sequence[Question],
                     candidates: Sequence[Sequence[Passage]], query_coarse: np.ndarray,
-                    passage_coarse: Sequence[np.ndarray],
+                    passage_coarse: Sequence[np.ndarray], cosines: Sequence[np.ndarray],
                     bm25: Sequence[np.ndarray]) -> dict[str, float]:
     """Acc@1 per dataset (and their mean) of the fused score over the tuning candidates."""
     scorer = model.reranker.scorer
     lm = scorer.score_batch([q.question for q in questions], candidates, query_coarse,
                             passage_coarse)
     hits = []
-    for q, cands, r, qc, pc, b in zip(questions, candidates, lm, query_coarse, passage_coarse,
-                                      bm25):
+    for q, cands, r, cosine, b in zip(questions, candidates, lm, cosines, bm25):
         with torch.no_grad():
-            s = model.weights(torch.from_numpy(r), torch.from_numpy(pc @ qc),
+            s = model.weights(torch.from_numpy(r), torch.from_numpy(cosine),
                               torch.from_numpy(b)).numpy()
         hits.append(has_answer(q.answers, cands[int(np.argmax(s))].full_text()))
     return accuracy_by_dataset([q.dataset for q in questions], hits)

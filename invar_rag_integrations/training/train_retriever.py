@@ -33,6 +33,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from invar_rag_integrations.evaluation.chunking import CHUNKING_NAMES
 from invar_rag_integrations.models.adapters import LORA_TARGETS, check_lora
 from invar_rag_integrations.retrieval.invar_retriever import InvarSettings
 
@@ -70,6 +71,10 @@ class DataArguments:
     """Training questions, variants and the LSR step."""
 
     data_dir: str | None = field(default=None, metadata={"help": "folder with odqa/ and train/"})
+    chunking: str = field(default="passages", metadata={
+        "help": "the corpus as it is (passages) or its articles cut into long nodes by a "
+                "framework splitter (llama-256/512/1024, lc-1000/4000): candidates and LSR "
+                "scores are read over the nodes' windows, as serving reads them"})
     train_datasets: list[str] = field(
         default_factory=lambda: ["nq", "squad", "popqa_longtail", "freebaseqa"])
     questions_per_dataset: list[int] = field(
@@ -96,6 +101,10 @@ class DataArguments:
     lsr_cache_dir: str | None = field(
         default=None, metadata={"help": "default: $INVAR_RAG_CACHE/lsr (shared by runs: scores "
                                         "are keyed by prompt and base model)"})
+
+    def __post_init__(self) -> None:
+        if self.chunking not in CHUNKING_NAMES:
+            raise ValueError(f"chunking must be one of {CHUNKING_NAMES}, got {self.chunking!r}")
 
 
 @dataclass
@@ -134,7 +143,7 @@ def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments,
     return parse_config((ModelArguments, DataArguments, LossArguments, TrainingArguments), argv)
 
 
-Tuning = tuple  # (questions, candidates, query / passage coarse vectors, BM25 features)
+Tuning = tuple  # (questions, candidates, query / passage coarse vectors, cosines, BM25 features)
 
 
 def bm25_feature(retriever: Any, queries: list[str], ids: list[list[str]]) -> list[Any]:
@@ -216,7 +225,7 @@ def train_frozen(model_args: ModelArguments, settings: InvarSettings, loss_args:
     the best tuning epoch kept. Returns ``(reranker, curve, metrics)``."""
     from invar_rag_integrations.evaluation.metrics import has_answer
     from invar_rag_integrations.retrieval.invar_retriever import InvarReranker
-    from invar_rag_integrations.retrieval.scorer import InvarScorer, passage_text
+    from invar_rag_integrations.retrieval.scorer import InvarScorer
 
     from .head_trainer import feature_set, train_head
 
@@ -228,16 +237,16 @@ def train_frozen(model_args: ModelArguments, settings: InvarSettings, loss_args:
     items = [dataset[i] for i in range(len(dataset))]
     show = train_args.process_index == 0
     train = feature_set(scorer, [it["variants"] for it in items], [it["views"] for it in items],
-                        [it["query_coarse"] @ it["passage_coarse"].T for it in items],
+                        [it["cosine"] for it in items],
                         [it["bm25"] for it in items], [it["positives"] for it in items],
                         [it["lm_logprobs"] for it in items],
                         [ex["dataset"] for ex in dataset.examples], show)
-    questions, candidates, query_coarse, passage_coarse, bm25 = tuning
+    questions, candidates, query_coarse, passage_coarse, cosines, bm25 = tuning
     tune = None
     if questions:
         tune = feature_set(scorer, [[q.question] for q in questions],
-                           [[[passage_text(p) for p in cands]] for cands in candidates],
-                           [(pc @ qc)[None] for qc, pc in zip(query_coarse, passage_coarse)],
+                           [[list(cands)] for cands in candidates],
+                           [cosine[None] for cosine in cosines],
                            [b[None] for b in bm25],
                            [[has_answer(q.answers, p.full_text()) for p in cands]
                             for q, cands in zip(questions, candidates)], None,
@@ -262,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import numpy as np
     import torch
 
-    from invar_rag_integrations.evaluation.datasets import odqa_corpus
+    from invar_rag_integrations.evaluation.chunking import chunked_corpus
     from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
     from invar_rag_integrations.paths import cache_dir
     from invar_rag_integrations.retrieval.artifacts import save_retriever
@@ -299,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     with train_args.main_process_first(desc="data preparation"):
         # 3. questions and stage 1's candidates (gold passages added where stage 1 missed them)
-        passages = odqa_corpus(data.data_dir)
+        passages = chunked_corpus(data.chunking, data.data_dir)
         by_id = {p.id: p for p in passages}
         questions, tune = select_questions(data.train_datasets, data.questions_per_dataset,
                                            data.tune_questions_per_dataset, data.question_seed,
@@ -354,17 +363,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
         for ex in examples:
             ex["bm25"] = [bm25_feature(retriever, [query], [ex["candidate_ids"]])[0]
                           for query in ex["variants"]]
+            ex["cosine"] = retriever.passage_cosines(
+                np.stack([query_coarse[v] for v in ex["variants"]]),
+                [ex["candidate_ids"]] * len(ex["variants"]))
     dataset = RetrieverDataset(examples, query_coarse, passage_coarse, by_id)
     tune_query_coarse = coarse_encoder.encode([q.question for q in tune], batch_size=64,
                                               normalize_embeddings=True, convert_to_numpy=True)
     tune_passage_coarse = [np.stack([passage_coarse[p.id] for p in cands])
                            for cands in tune_candidates]
-    tune_bm25 = bm25_feature(retriever, [q.question for q in tune],
-                             [[p.id for p in cands] for cands in tune_candidates])
+    tune_ids = [[p.id for p in cands] for cands in tune_candidates]
+    tune_bm25 = bm25_feature(retriever, [q.question for q in tune], tune_ids)
+    tune_cosines = retriever.passage_cosines(tune_query_coarse, tune_ids)
 
     # 5. train on the serving score: the LoRA (and the head, if any) through the LM, or, with
     #    the LM frozen, the head on cached scorer outputs; the fusion weight in both
-    tuning = (tune, tune_candidates, tune_query_coarse, tune_passage_coarse, tune_bm25)
+    tuning = (tune, tune_candidates, tune_query_coarse, tune_passage_coarse, tune_cosines,
+              tune_bm25)
     train = train_lora if model_args.train_lora else train_frozen
     reranker, curve, result = train(model_args, settings, loss_args, train_args, lm, tokenizer,
                                     coarse_encoder, dataset, tuning)
