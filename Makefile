@@ -42,7 +42,9 @@ bench: install install-vllm
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[gemma]"
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.tune_zero_shot
+	$(PY) -m benchmarks.tune_windows
 	$(PY) -m benchmarks.retriever_stage
+	$(PY) -m benchmarks.long_documents
 	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage
 	$(PY) -m benchmarks.serving

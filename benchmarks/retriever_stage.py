@@ -140,14 +140,12 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
     import numpy as np
     import torch
 
-    from invar_rag_integrations.retrieval.scorer import passage_text
     from invar_rag_integrations.training.head_trainer import scorer_outputs
 
     scorer = retriever.scorer
     if scorer.adapter is not None or scorer.settings.num_soft_tokens:
         return retriever.candidate_scores(queries, proposed)
-    pairs = [(q, passage_text(retriever.passages[i])) for q, r in zip(queries, proposed)
-             for i in r.ids]
+    pairs = [(q, retriever.passages[i]) for q, r in zip(queries, proposed) for i in r.ids]
     r, features = scorer_outputs(scorer, [q for q, _ in pairs], [v for _, v in pairs], False)
     if scorer.head is not None:
         with torch.no_grad():

@@ -164,6 +164,27 @@ def _curve_tables(rows: list[dict]) -> list[str]:
     return parts
 
 
+def _chunking_tables(rows: list[dict]) -> list[str]:
+    """Rows that carry a ``chunking`` (long-document results): Acc@1 / Acc@5 per system and
+    dataset with one column per chunking, then the cost columns per system."""
+    chunkings = list(dict.fromkeys(r["chunking"] for r in rows))
+    relabelled = [{**r, "metric": f"{r['metric']} {r['chunking']}"} for r in rows]
+    parts = []
+    for metric in ("acc@1", "acc@5"):
+        columns = [f"{metric} {c}" for c in chunkings]
+        if any(r["metric"] in columns for r in relabelled):
+            parts += [f"### {metric.capitalize()} by chunking", "",
+                      pivot_table([r for r in relabelled if r["metric"] in columns], columns),
+                      ""]
+    costs = [m for m in ("tokens_per_query", "windows_per_query", "latency_p50_ms",
+                         "latency_p95_ms") if any(r["metric"] == m for r in rows)]
+    for metric in costs:
+        columns = [f"{metric} {c}" for c in chunkings]
+        parts += [f"### {metric} by chunking", "",
+                  pivot_table([r for r in relabelled if r["metric"] in columns], columns), ""]
+    return parts
+
+
 def render_markdown(results_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every ``benchmarks/results/*.json`` file."""
     parts = ["# Benchmarks", "",
@@ -176,6 +197,9 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                   f"- command: `{payload['command']}`",
                   f"- commit: `{payload['git_commit']}`, date: {payload['date']}",
                   f"- machine: {payload['machine']}", ""]
+        if any("chunking" in r for r in rows):
+            parts += _chunking_tables(rows)
+            continue
         quality = [r for r in rows if r["metric"] in _QUALITY]
         if quality:
             split = quality[0]["split"]

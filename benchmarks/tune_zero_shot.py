@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                     position = {p: j for j, p in enumerate(union[i])}
                     shown = cands[:depth]
                     r = np.array([lm_scores[i][position[p]] for p in shown])
-                    cos = retriever.passage_coarse(shown) @ query_vectors[i]
+                    [cos] = retriever.passage_cosines(query_vectors[i][None], [shown])
                     s = fused_score(r, cos, w, retriever.settings.tau,
                                     bm25[i][:depth] if bm25 else None, w_bm25)
                     ordered.append([shown[j] for j in np.argsort(-s, kind="stable")])
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         values, per_pair = _score(other, questions, ranked, by_id)
         ordered = []
         for i, cands in enumerate(ranked):
-            cos = retriever.passage_coarse(cands) @ query_vectors[i]
+            [cos] = retriever.passage_cosines(query_vectors[i][None], [cands])
             s = 0.1 * cos / retriever.settings.tau + values[i]
             ordered.append([cands[j] for j in np.argsort(-s, kind="stable")])
         name = f"rrf-k{args.depth}-w0.1-{kind}{value}"
