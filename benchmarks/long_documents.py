@@ -92,15 +92,17 @@ def run_chunking(chunking: str, systems: list[str], data: str | None, sample: in
     return rows
 
 
-def merge_runs(path, rows: list[dict]) -> list[dict]:
-    """``rows`` plus the earlier rows of ``path`` for (system, chunking) pairs not run now."""
+def merge_runs(path, rows: list[dict]) -> tuple[list[dict], str | None]:
+    """``rows`` plus the earlier rows of ``path`` for (system, chunking) pairs not run now, and
+    the command that measured those (``None`` when none are kept)."""
     import json
 
     if not path.is_file():
-        return rows
+        return rows, None
+    earlier = json.loads(path.read_text())
     ran = {(r["system"], r["chunking"]) for r in rows}
-    return [r for r in json.loads(path.read_text())["rows"]
-            if (r["system"], r["chunking"]) not in ran] + rows
+    kept = [r for r in earlier["rows"] if (r["system"], r["chunking"]) not in ran]
+    return kept + rows, earlier["command"] if kept else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += pool.submit(run_chunking, chunking, args.systems, args.data_dir,
                                 args.sample, args.latency_queries, args.candidates).result()
         # saved after every chunking, so an interrupted run keeps what it measured
-        save_and_render("long_documents", merge_runs(RESULTS / "long_documents.json", rows),
-                        "benchmarks.long_documents", argv)
+        merged, earlier = merge_runs(RESULTS / "long_documents.json", rows)
+        save_and_render("long_documents", merged, "benchmarks.long_documents", argv, earlier)
 
 
 if __name__ == "__main__":

@@ -221,11 +221,15 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
     return "\n".join(parts)
 
 
-def save_and_render(name: str, rows: list[dict], module: str, argv: list[str] | None) -> None:
-    """Write ``results/<name>.json`` with the command that made it; re-render BENCHMARKS.md."""
+def save_and_render(name: str, rows: list[dict], module: str, argv: list[str] | None,
+                    earlier: str | None = None) -> None:
+    """Write ``results/<name>.json`` with the command that made it (after ``earlier``, the
+    command of rows kept from a previous run); re-render BENCHMARKS.md."""
     from invar_rag_integrations.evaluation.results import write_results
 
     command = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    if earlier:
+        command = f"{earlier}; then {command.strip()}"
     print(f"wrote {write_results(RESULTS / f'{name}.json', rows, command.strip())}",
           file=sys.stderr)
     (ROOT / "BENCHMARKS.md").write_text(render_markdown() + "\n", encoding="utf-8")
