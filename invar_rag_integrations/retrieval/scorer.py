@@ -132,7 +132,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32."""
+    """``auto``: bfloat16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), else float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
