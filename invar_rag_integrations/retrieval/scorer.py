@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -541,15 +542,11 @@ class InvarScorer:
         width = self.lm.get_input_embeddings().embedding_dim if features else 0
         scores = [np.full(len(c), EMPTY_SCORE, dtype=np.float32) for c in candidates]
         found = [np.zeros((len(c), width), np.float32) for c in candidates]
+        method, temperature = self.settings.window_aggregation, self.settings.window_temperature
         start = 0
-        while start < len(owners):  # the windows of one node are consecutive
-            stop = start + 1
-            while stop < len(owners) and owners[stop] == owners[start]:
-                stop += 1
-            qi, ci = owners[start]
+        for (qi, ci), group in itertools.groupby(owners):  # a node's windows are consecutive
+            stop = start + len(list(group))
             mine = values[start:stop]
-            method, temperature = self.settings.window_aggregation, \
-                self.settings.window_temperature
             if not features:
                 scores[qi][ci] = float(aggregate(mine, method, temperature))
             else:  # the windows weighted as the served score weighs them (head included), so
