@@ -88,7 +88,7 @@ def _root(url: str) -> str:
 
 
 def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None,
-                    log: Path | None = None) -> None:
+                    log: Path | None = None, kind: str = "vLLM") -> None:
     """Poll ``<url>/health`` until it answers 200.
 
     Args:
@@ -96,6 +96,7 @@ def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen |
         timeout: Seconds before giving up.
         process: The server process, when this session started it (its exit ends the wait).
         log: Its log file (the error quotes its end).
+        kind: What the server is, for the error (``vLLM``, ``rerank``).
 
     Raises:
         ConnectionError: No healthy answer within ``timeout`` (names the URL), or the server
@@ -113,10 +114,10 @@ def wait_for_server(url: str, timeout: float = 30.0, process: subprocess.Popen |
             pass
         if process is not None and process.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log and log.is_file() else ""
-            raise ConnectionError(f"the vLLM server exited with code {process.returncode} "
+            raise ConnectionError(f"the {kind} server exited with code {process.returncode} "
                                   f"before it answered at {root}" + (f":\n{tail}" if tail else ""))
         if time.monotonic() > deadline:
-            raise ConnectionError(f"no vLLM server answered at {root}/health after {tries} tries "
+            raise ConnectionError(f"no {kind} server answered at {root}/health after {tries} tries "
                                   f"in {timeout:.0f} s; start one with: invar-rag serve SYSTEM_DIR")
         time.sleep(1.0)
 
@@ -142,11 +143,92 @@ def _stderr_fd() -> int | None:
     return None
 
 
-class VLLMServer:
+class ServerProcess:
+    """A server command run in its own process group: started, checked healthy (``GET
+    /health``) and stopped with every process it started. Subclasses give the command.
+
+    Use as a context manager (or :meth:`start` / :meth:`stop`).
+
+    Args:
+        host, port: Where the server listens.
+        log: File the server's output goes to (``None``: this process's standard error).
+        startup_timeout: Seconds to wait for the server to become healthy.
+    """
+
+    kind = "server"
+
+    def __init__(self, host: str, port: int, log: str | os.PathLike[str] | None,
+                 startup_timeout: float):
+        self.host, self.port, self.startup_timeout = host, port, startup_timeout
+        self.log = Path(log) if log is not None else None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until it is healthy.
+
+        Raises:
+            OSError: The port is already in use (nothing is started).
+            ConnectionError: The server exited or did not become healthy in time (it is
+                stopped).
+        """
+        if self.process is not None:
+            raise RuntimeError("this server is already running")
+        if port_in_use(self.host, self.port):
+            raise OSError(f"port {self.port} on {self.host} is already in use; choose another "
+                          "one (--port)")
+        output: IO[bytes] | int | None = _stderr_fd()  # stdout stays for the URL and names
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                self.command(), stdout=output, start_new_session=True,
+                stderr=subprocess.STDOUT if output is not None else None)
+        finally:
+            if output is not None and not isinstance(output, int):
+                output.close()
+        try:
+            wait_for_server(self.root_url, self.startup_timeout, self.process, self.log,
+                            self.kind)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """Stop the server and every process it started (SIGTERM, then SIGKILL after
+        ``grace`` seconds); its exit code (``None``: it was not running)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class VLLMServer(ServerProcess):
     """vLLM's OpenAI-compatible server for one system directory, in its own process group.
 
-    Use as a context manager (or :meth:`start` / :meth:`stop`); the server is bound to
-    ``host`` (loopback by default).
+    The server is bound to ``host`` (loopback by default).
 
     Args:
         system_dir: A trained system directory.
@@ -161,6 +243,8 @@ class VLLMServer:
             other adapter beside it).
     """
 
+    kind = "vLLM"
+
     def __init__(self, system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, api_key: str | None = None,
                  engine_args: Sequence[str] = (), log: str | os.PathLike[str] | None = None,
@@ -168,16 +252,13 @@ class VLLMServer:
         self.base, self.adapters = system_models(system_dir)
         if merge and GENERATOR_ADAPTER not in self.adapters:
             raise ValueError(f"{system_dir}: no generator adapter to merge")
-        self.merge = merge
-        self.host, self.port, self.api_key = host, port, api_key
-        self.engine_args, self.startup_timeout = list(engine_args), startup_timeout
-        self.log = Path(log) if log is not None else None
-        self.process: subprocess.Popen | None = None
+        super().__init__(host, port, log, startup_timeout)
+        self.merge, self.api_key, self.engine_args = merge, api_key, list(engine_args)
 
     @property
     def url(self) -> str:
         """The OpenAI base URL (``.../v1``)."""
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.root_url}/v1"
 
     @property
     def models(self) -> list[str]:
@@ -208,59 +289,6 @@ class VLLMServer:
         if self.api_key:
             command += ["--api-key", self.api_key]
         return command + self.engine_args
-
-    def start(self) -> VLLMServer:
-        """Start the server and wait until it is healthy.
-
-        Raises:
-            OSError: The port is already in use (nothing is started).
-            ConnectionError: The server exited or did not become healthy in time (it is
-                stopped).
-        """
-        if self.process is not None:
-            raise RuntimeError("this server is already running")
-        if port_in_use(self.host, self.port):
-            raise OSError(f"port {self.port} on {self.host} is already in use; choose another "
-                          "one (--port)")
-        output: IO[bytes] | int | None = _stderr_fd()  # stdout stays for the URL and names
-        if self.log is not None:
-            self.log.parent.mkdir(parents=True, exist_ok=True)
-            output = self.log.open("ab")
-        try:
-            self.process = subprocess.Popen(
-                self.command(), stdout=output, start_new_session=True,
-                stderr=subprocess.STDOUT if output is not None else None)
-        finally:
-            if output is not None and not isinstance(output, int):
-                output.close()
-        try:
-            wait_for_server(self.url, self.startup_timeout, self.process, self.log)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self, grace: float = 30.0) -> None:
-        """Stop the server and every process it started (SIGTERM, then SIGKILL after
-        ``grace`` seconds)."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the group
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def __enter__(self) -> VLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def serve(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,

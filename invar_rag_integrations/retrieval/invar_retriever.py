@@ -186,14 +186,28 @@ class InvarReranker:
                top_n: int | None = None) -> list[tuple[int, float]]:
         """``(index into candidates, s)`` of the best ``top_n`` candidates (default: all),
         best first; an empty candidate list gives an empty result."""
-        query = check_text(query)
-        if top_n is not None:
-            check_k(top_n, "top_n")
-        if not candidates:
-            return []
-        [scores] = self.scores([query], [list(candidates)])
-        order = np.argsort(-scores, kind="stable")[:top_n]
-        return [(int(i), float(scores[i])) for i in order]
+        return self.rerank_batch([query], [candidates], [top_n])[0]
+
+    def rerank_batch(self, queries: Sequence[str],
+                     candidates: Sequence[Sequence[Passage | str]],
+                     top_n: Sequence[int | None]) -> list[list[tuple[int, float]]]:
+        """:meth:`rerank` for several queries, their candidates scored in one batch (what a
+        service gathers from concurrent requests); ties keep the given order."""
+        if not len(queries) == len(candidates) == len(top_n):
+            raise ValueError(f"{len(queries)} queries, {len(candidates)} candidate lists and "
+                             f"{len(top_n)} top_n values: one of each per query")
+        for query, n in zip(queries, top_n):
+            check_text(query)
+            if n is not None:
+                check_k(n, "top_n")
+        asked = [i for i, cands in enumerate(candidates) if cands]
+        scored = self.scores([queries[i] for i in asked], [list(candidates[i]) for i in asked]) \
+            if asked else []
+        ranked: list[list[tuple[int, float]]] = [[] for _ in queries]
+        for i, scores in zip(asked, scored):
+            order = np.argsort(-scores, kind="stable")[:top_n[i]]
+            ranked[i] = [(int(j), float(scores[j])) for j in order]
+        return ranked
 
 
 def top_k(ids: Sequence[str], scores: np.ndarray, k: int) -> SearchResult:

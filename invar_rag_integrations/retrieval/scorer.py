@@ -570,6 +570,14 @@ class InvarScorer:
                                              list(windows), None, None, False)
         return values.numpy()
 
+    def tokens_read(self, query: str, nodes: Sequence[Passage | str]) -> int:
+        """Tokens the LM reads to score ``nodes`` for ``query``: each window's whole sequence
+        (prompt, window, question); node tokenisations come from the cache."""
+        with model_lock(self.lm):
+            question = self.tokens.question(query)
+            read, _ = self.tokens.windows(query, nodes)
+            return sum(len(self.tokens.row(question, w)) for node in read for w in node)
+
     def _count(self, read: list[list[list[int]]], cut: int) -> None:
         """Add one query's reading to :attr:`window_counts`; warn once when nodes were cut to
         their first windows (``preselect = "none"``)."""
