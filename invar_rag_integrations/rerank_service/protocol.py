@@ -1,0 +1,81 @@
+"""The rerank API's request and response models: the Cohere (v1, v2) and Jina rerank schema,
+as vLLM and the Cohere / Jina clients speak it.
+
+``POST /v1/rerank``, ``/v2/rerank`` and ``/rerank`` take a :class:`RerankRequest` and answer a
+:class:`RerankResponse`; ``GET /v1/models`` answers a :class:`ModelList`. Fields the clients
+send that the Invar scorer has no use for (``max_tokens_per_doc``, ``priority``, ``rank_fields``)
+are accepted and ignored: the scorer reads each document whole, in windows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RerankDocument(BaseModel):
+    """A document given (or returned) as an object with its text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """One query and the documents to rank for it.
+
+    ``top_n``: how many results to return, best first (``None`` or 0: all documents; more than
+    there are documents: all of them).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    documents: list[str | RerankDocument]
+    model: str | None = None
+    top_n: int | None = Field(default=None, ge=0)
+    return_documents: bool = True
+
+    def texts(self) -> list[str]:
+        """The documents' texts, in the order given."""
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankResult(BaseModel):
+    """One ranked document: its position in the request, and its fused Invar score."""
+
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    """What the scorer read: each document's tokens, windows included, plus the question's
+    tokens once per window (``total_tokens``), over ``documents`` documents."""
+
+    documents: int
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    """Results sorted best first."""
+
+    id: str = Field(default_factory=lambda: f"rerank-{uuid.uuid4().hex}")
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "invar-rag"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
