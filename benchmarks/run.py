@@ -185,6 +185,10 @@ def _chunking_tables(rows: list[dict]) -> list[str]:
     return parts
 
 
+_SERVICE = ["pairs_per_s", "pairs_per_s_vs_inprocess", "requests_per_s", "latency_p50_ms",
+            "latency_p95_ms", "latency_p99_ms", "errors", "same_order", "same_top1"]
+
+
 def render_markdown(results_dir: Path = RESULTS) -> str:
     """BENCHMARKS.md from every ``benchmarks/results/*.json`` file."""
     parts = ["# Benchmarks", "",
@@ -199,6 +203,9 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                   f"- machine: {payload['machine']}", ""]
         if any("chunking" in r for r in rows):
             parts += _chunking_tables(rows)
+            continue
+        if any(r["metric"] == "requests_per_s" for r in rows):
+            parts += ["### Throughput and latency", "", pivot_table(rows, _SERVICE), ""]
             continue
         quality = [r for r in rows if r["metric"] in _QUALITY]
         if quality:
