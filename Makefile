@@ -44,6 +44,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.tune_zero_shot
 	$(PY) -m benchmarks.tune_windows
 	$(PY) -m benchmarks.retriever_stage
+	$(PY) -m benchmarks.stage2_policy
 	$(PY) -m benchmarks.long_documents
 	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage

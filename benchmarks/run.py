@@ -204,6 +204,13 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
         if any("chunking" in r for r in rows):
             parts += _chunking_tables(rows)
             continue
+        if any(r["metric"] == "pairs_per_query" for r in rows):
+            for split in dict.fromkeys(r["split"] for r in rows):
+                parts += [f"### Acc@k against pairs read per query ({split} questions)", "",
+                          pivot_table([r for r in rows if r["split"] == split],
+                                      ["acc@1", "acc@5", "pairs_per_query", "latency_p50_ms",
+                                       "latency_p95_ms"]), ""]
+            continue
         if any(r["metric"] == "requests_per_s" for r in rows):
             parts += ["### Throughput and latency", "", pivot_table(rows, _SERVICE), ""]
             continue

@@ -107,12 +107,14 @@ def _init_system(args: argparse.Namespace) -> None:
 
     defaults = InvarSettings()
     settings = InvarSettings(stage1=args.stage1, candidates=args.candidates,
-                             bm25_weight=defaults.bm25_weight if args.stage1 == "rrf" else 0.0)
+                             bm25_weight=defaults.bm25_weight if args.stage1 == "rrf" else 0.0,
+                             read_first=args.read_first, stop_margin=args.stop_margin)
     retriever = InvarRetriever.zero_shot(args.base_model, args.coarse_encoder, settings,
                                          show_progress=False)
     command = ["invar-rag", "init-system", args.output, "--base-model", args.base_model,
                "--coarse-encoder", args.coarse_encoder, "--stage1", args.stage1,
-               "--candidates", str(args.candidates)]
+               "--candidates", str(args.candidates), "--read-first", str(settings.read_first),
+               "--stop-margin", str(settings.stop_margin)]
     path = save_retriever(retriever.reranker, args.output, {"command": " ".join(command)})
     print(f"wrote the zero-shot retriever of {args.base_model!r} to {path} (other entries "
           f"kept); next: invar-rag index --retriever {path} --corpus FILE", file=sys.stderr)
@@ -249,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="candidate proposer: rrf (BM25 + MiniLM) or minilm")
     init.add_argument("--candidates", type=_positive_int, default=InvarSettings.candidates,
                       help="stage-1 candidates the scorer reads per query")
+    init.add_argument("--read-first", type=_positive_int,
+                      help="candidates the scorer reads before it may stop (default: "
+                           "min(2, --candidates); --candidates reads them all)")
+    init.add_argument("--stop-margin", type=float, default=InvarSettings.stop_margin,
+                      help="stop reading once the leader's fused score beats the runner-up's "
+                           "by this much (inf: never stop)")
     init.set_defaults(func=_init_system)
 
     questions = commands.add_parser(

@@ -57,7 +57,8 @@ def _naive_score(model, tokenizer, scorer: InvarScorer, query: str, passage: Pas
 @pytest.fixture()
 def zero_shot(tiny_lm_dir: Path, tiny_encoder_dir: Path) -> InvarRetriever:
     retriever = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
-                                         InvarSettings(candidates=6), precision="float32",
+                                         InvarSettings(candidates=6, read_first=6),
+                                         precision="float32",
                                          show_progress=False)
     retriever.index(demo_passages())
     return retriever
@@ -317,7 +318,7 @@ def test_init_system_writes_the_zero_shot_retriever_and_keeps_the_generator_entr
     system.mkdir()
     write_manifest(system, {"format": "invar-rag/1", "generator": {"adapter": "generator"}})
     main(["init-system", str(system), "--base-model", str(tiny_lm_dir), "--coarse-encoder",
-          str(tiny_encoder_dir), "--stage1", "minilm", "--candidates", "4"])
+          str(tiny_encoder_dir), "--stage1", "minilm", "--candidates", "4", "--read-first", "3"])
     assert "next: invar-rag index" in capsys.readouterr().err
     manifest = read_manifest(system)
     assert manifest["generator"] == {"adapter": "generator"}
@@ -326,7 +327,7 @@ def test_init_system_writes_the_zero_shot_retriever_and_keeps_the_generator_entr
     retriever = InvarRetriever.from_pretrained(system, precision="float32", show_progress=False)
     assert retriever.name == "upr-zero-shot"
     assert (retriever.settings.stage1, retriever.settings.candidates,
-            retriever.settings.bm25_weight) == ("minilm", 4, 0.0)
+            retriever.settings.bm25_weight, retriever.settings.read_first) == ("minilm", 4, 0.0, 3)
     retriever.index(demo_passages())
     [result] = retriever.search(["who discovered penicillin"], 4)
     assert len(result.ids) == 4

@@ -33,6 +33,7 @@ from .base import (
 )
 from .bm25 import BM25Retriever
 from .dense import DenseRetriever, best_window_cosines, encoder_identity
+from .early_stop import READ_FIRST, STOP_MARGIN, check_policy, read_until_clear
 from .fusion import FusionRetriever
 from .scorer import InvarScorer, ScorerSettings
 
@@ -57,6 +58,11 @@ class InvarSettings(ScorerSettings):
         coarse_windows: MiniLM reads a node longer than its limit (256 word pieces) as
             windows, and a node's cosine is its best window's, in stage 1 and in the fused
             score; without, MiniLM reads a node's beginning only.
+        read_first: The scorer reads a query's first ``read_first`` candidates, and the rest
+            only while their leader's fused score beats the runner-up's by less than
+            ``stop_margin`` (``early_stop.py``); default ``min(2, candidates)``;
+            ``read_first = candidates`` or ``stop_margin = inf`` reads every candidate.
+        stop_margin: See ``read_first``.
     """
 
     stage1: str = "rrf"
@@ -65,6 +71,8 @@ class InvarSettings(ScorerSettings):
     cos_weight: float = 0.1
     tau: float = 0.05
     bm25_weight: float = 2.0
+    read_first: int | None = None
+    stop_margin: float = STOP_MARGIN
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +84,9 @@ class InvarSettings(ScorerSettings):
         if self.bm25_weight and self.stage1 != "rrf":
             raise ValueError(f"bm25_weight = {self.bm25_weight} needs BM25 in stage 1 "
                              f"(stage1 = 'rrf'), not {self.stage1!r}")
+        if self.read_first is None:
+            self.read_first = min(READ_FIRST, self.candidates)
+        check_policy(self.read_first, self.stop_margin, self.candidates)
 
     def scorer_settings(self) -> ScorerSettings:
         """The stage-2 part of these settings."""
@@ -395,9 +406,20 @@ class InvarRetriever(Retriever):
 
     def rerank_results(self, queries: list[str], proposed: Sequence[SearchResult],
                        k: int) -> list[SearchResult]:
-        """Stage 2 over stage-1 results: the top ``k`` of each by the fused score."""
-        return [top_k(result.ids, scores, k)
-                for result, scores in zip(proposed, self.candidate_scores(queries, proposed))]
+        """Stage 2 over stage-1 results: the top ``k`` of each by the fused score, the scorer
+        reading as many candidates as ``read_first`` / ``stop_margin`` say (unread ones follow
+        in stage-1 order, scored ``-inf``)."""
+        def score(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
+            return self.candidate_scores(
+                [queries[i] for i in picked],
+                [SearchResult(proposed[i].ids[part], proposed[i].scores[part])
+                 for i, part in zip(picked, parts)])
+
+        settings = self.settings
+        scores = read_until_clear([len(r.ids) for r in proposed],
+                                  min(settings.read_first, settings.candidates),
+                                  settings.stop_margin, score)
+        return [top_k(result.ids, found, k) for result, found in zip(proposed, scores)]
 
     def _search(self, queries: list[str], k: int) -> list[SearchResult]:
         return self.rerank_results(queries, self.candidates(queries), k)

@@ -1,0 +1,87 @@
+"""Stage 2 reads fewer candidates where the leader is clear: the policy's settings, its two-step
+reading, and the retriever that uses it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invar_rag_integrations.demo import demo_passages
+from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+from invar_rag_integrations.retrieval.early_stop import leader_is_clear, read_until_clear
+from invar_rag_integrations.retrieval.invar_retriever import top_k
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"read_first": 0}, r"read_first must be an integer from 1 to the candidate depth \(5\), "
+                        r"got 0"),
+    ({"candidates": 3, "read_first": 4}, r"depth \(3\), got 4"),
+    ({"stop_margin": -0.5}, "stop_margin must be >= 0 .* got -0.5"),
+    ({"stop_margin": math.nan}, "stop_margin must be >= 0 .* got nan"),
+])
+def test_policy_settings_out_of_range_fail_with_the_value(settings, message):
+    with pytest.raises(ValueError, match=message):
+        InvarSettings(**settings)
+
+
+def test_the_default_reads_two_first_and_never_more_than_the_depth():
+    assert InvarSettings().read_first == 2
+    assert InvarSettings(candidates=1).read_first == 1
+
+
+def test_two_step_reading_stops_where_the_leader_is_clear():
+    fused = [np.array([5.0, 1.0, 9.0, 0.0]), np.array([1.0, 0.5, 3.0, 2.0]), np.array([4.0])]
+    calls = []
+
+    def score(picked, parts):
+        calls.append((picked, [(p.start, p.stop) for p in parts]))
+        return [fused[i][part] for i, part in zip(picked, parts)]
+
+    found = read_until_clear([4, 4, 1], 2, 1.0, score)
+    assert calls == [([0, 1, 2], [(0, 2), (0, 2), (0, 1)]), ([1], [(2, 4)])]
+    assert found[0].tolist() == [5.0, 1.0, -math.inf, -math.inf]  # clear after two: stops
+    assert found[1].tolist() == fused[1].tolist()  # 1.0 vs 0.5: not clear, reads the rest
+    assert found[2].tolist() == [4.0]
+    assert [top_k(list("abcd"), s, 4).ids for s in found[:2]] == [list("abcd"), list("cdab")]
+    assert not leader_is_clear(np.array([3.0, 0.0]), math.inf)
+
+
+def test_candidates_all_without_text_keep_stage_one_order():
+    empty = np.full(3, -math.inf, np.float32)
+    found = read_until_clear([3], 2, 0.0, lambda picked, parts: [empty[p] for p in parts])
+    assert top_k(["a", "b", "c"], found[0], 3).ids == ["a", "b", "c"]
+
+
+@pytest.fixture()
+def retriever(tiny_lm_dir: Path, tiny_encoder_dir: Path):
+    def build(**settings) -> InvarRetriever:
+        found = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                         InvarSettings(candidates=5, **settings),
+                                         precision="float32", show_progress=False)
+        found.index(demo_passages())
+        return found
+
+    return build
+
+
+def test_the_retriever_reads_as_the_policy_says_and_counts_the_pairs(retriever):
+    queries = ["who discovered penicillin", "what is the capital of france"]
+    fixed = retriever(read_first=5)
+    always_stop = retriever(read_first=2, stop_margin=0.0)
+    full = fixed.search(queries, 5)
+    short = always_stop.search(queries, 5)
+    assert fixed.scorer.window_counts["nodes"] == 10
+    assert always_stop.scorer.window_counts["nodes"] == 4  # two per query
+    proposed = always_stop.candidates(queries)
+    for result, stage1, complete in zip(short, proposed, full):
+        assert result.ids[2:] == [i for i in stage1.ids if i not in result.ids[:2]]
+        assert set(result.ids[:2]) == set(stage1.ids[:2])
+        assert np.isinf(result.scores[2:]).all() and np.isfinite(result.scores[:2]).all()
+        fused = dict(zip(complete.ids, complete.scores))
+        assert result.scores[:2] == pytest.approx([fused[i] for i in result.ids[:2]], abs=1e-4)
+    never_stop = retriever(read_first=2, stop_margin=math.inf)
+    assert [r.ids for r in never_stop.search(queries, 5)] == [r.ids for r in full]
+    assert never_stop.scorer.window_counts["nodes"] == 10
