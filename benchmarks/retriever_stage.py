@@ -155,17 +155,16 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
 
 
 class CachedSearch:
-    """``search`` of a two-stage retriever through :func:`candidate_scores`."""
+    """``search`` of a two-stage retriever (its reading policy included) through
+    :func:`candidate_scores`."""
 
     def __init__(self, retriever):
         self.retriever = retriever
 
     def search(self, queries: list[str], k: int) -> list:
-        from invar_rag_integrations.retrieval.invar_retriever import top_k
-
-        proposed = self.retriever.candidates(queries)
-        return [top_k(p.ids, s, k) for p, s in zip(
-            proposed, candidate_scores(self.retriever, queries, proposed))]
+        return self.retriever.rerank_results(
+            queries, self.retriever.candidates(queries), k,
+            lambda found, proposed: candidate_scores(self.retriever, found, proposed))
 
 
 def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -404,13 +404,17 @@ class InvarRetriever(Retriever):
                      if isinstance(r, BM25Retriever)), None)
         return bm25.relative_scores(queries, ids) if bm25 is not None else None
 
-    def rerank_results(self, queries: list[str], proposed: Sequence[SearchResult],
-                       k: int) -> list[SearchResult]:
+    def rerank_results(self, queries: list[str], proposed: Sequence[SearchResult], k: int,
+                       candidate_scores: Callable[..., list[np.ndarray]] | None = None,
+                       ) -> list[SearchResult]:
         """Stage 2 over stage-1 results: the top ``k`` of each by the fused score, the scorer
         reading as many candidates as ``read_first`` / ``stop_margin`` say (unread ones follow
-        in stage-1 order, scored ``-inf``)."""
+        in stage-1 order, scored ``-inf``); ``candidate_scores`` replaces
+        :meth:`candidate_scores` (e.g. one reading cached scorer outputs)."""
+        candidate_scores = candidate_scores or self.candidate_scores
+
         def score(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
-            return self.candidate_scores(
+            return candidate_scores(
                 [queries[i] for i in picked],
                 [SearchResult(proposed[i].ids[part], proposed[i].scores[part])
                  for i, part in zip(picked, parts)])
