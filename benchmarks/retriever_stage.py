@@ -133,7 +133,7 @@ def _baseline(system: str, data: str | None, questions, by_id, corpus, robust, l
     return rows
 
 
-def candidate_scores(retriever, queries: list[str], proposed) -> list:
+def candidate_scores(retriever, queries: list[str], proposed, query_coarse=None) -> list:
     """``retriever.candidate_scores``; for a scorer without an adapter (zero-shot, or a head on
     the frozen LM), from its cached likelihoods and features, so systems that share the frozen
     LM share one forward pass per pair (``pair_scores`` = likelihood + head(features), tested)."""
@@ -144,14 +144,14 @@ def candidate_scores(retriever, queries: list[str], proposed) -> list:
 
     scorer = retriever.scorer
     if scorer.adapter is not None or scorer.settings.num_soft_tokens:
-        return retriever.candidate_scores(queries, proposed)
+        return retriever.candidate_scores(queries, proposed, query_coarse=query_coarse)
     pairs = [(q, retriever.passages[i]) for q, r in zip(queries, proposed) for i in r.ids]
     r, features = scorer_outputs(scorer, [q for q, _ in pairs], [v for _, v in pairs], False)
     if scorer.head is not None:
         with torch.no_grad():
             r = r + scorer.head(torch.from_numpy(features))[:, 0].numpy()
     bounds = np.cumsum([len(p.ids) for p in proposed])[:-1]
-    return retriever.candidate_scores(queries, proposed, np.split(r, bounds))
+    return retriever.candidate_scores(queries, proposed, np.split(r, bounds), query_coarse)
 
 
 class CachedSearch:
@@ -164,7 +164,8 @@ class CachedSearch:
     def search(self, queries: list[str], k: int) -> list:
         return self.retriever.rerank_results(
             queries, self.retriever.candidates(queries), k,
-            lambda found, proposed: candidate_scores(self.retriever, found, proposed))
+            lambda found, proposed, query_coarse: candidate_scores(self.retriever, found,
+                                                                   proposed, query_coarse))
 
 
 def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list[dict]:

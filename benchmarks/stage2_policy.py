@@ -32,12 +32,10 @@ class Scored:
     datasets: list[str]
     hits: np.ndarray  # [Q, D] an answer in RRF's candidate j
     fused: np.ndarray  # [Q, D] s(q, d) of each candidate
-    features: np.ndarray  # [Q, F] stage-1 signals
+    features: np.ndarray  # [Q, 5] MiniLM's margin and top cosine, RRF's first is MiniLM's /
+    # BM25's, rank of MiniLM's first in BM25's list
     minilm_first_hit: np.ndarray  # [Q] an answer in MiniLM's first candidate
     minilm_first_at: np.ndarray  # [Q] where MiniLM's first candidate is in RRF's list (D: absent)
-
-
-FEATURES = ("minilm_margin", "minilm_top", "rrf_is_minilm", "rrf_is_bm25", "minilm_rank_in_bm25")
 
 
 def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:

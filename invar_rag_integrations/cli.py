@@ -162,11 +162,11 @@ def _serve(args: argparse.Namespace) -> None:
         serve_rerank(args.system, args.host, args.port or DEFAULT_RERANK_PORT,
                      settings_from_args(args), args.precision)
         return
-    from .rerank_service.settings import ServiceSettings
+    from .rerank_service.settings import given_settings
     from .serving import DEFAULT_PORT, serve
 
-    rerank_only = [f"--{name.replace('_', '-')}" for name in vars(ServiceSettings())
-                   if name != "api_key" and getattr(args, name) is not None]
+    rerank_only = [f"--{name.replace('_', '-')}" for name in given_settings(args)
+                   if name != "api_key"]
     if rerank_only:
         raise ValueError(f"{', '.join(rerank_only)}: settings of the rerank service; add --rerank")
     serve(args.system, args.host, args.port or DEFAULT_PORT, args.api_key, args.engine_args,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -335,6 +336,8 @@ def test_batcher_settings_out_of_range_fail_with_the_value():
             RequestBatcher(echo, **kwargs)
     with pytest.raises(ValueError, match="max_documents must be a positive integer, got 0"):
         ServiceSettings(max_documents=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be >= 0, got -1"):
+        ServiceSettings(max_wait_ms=-1)  # checked before any model loads
 
 
 def test_a_full_queue_refuses_with_503_semantics_and_a_closed_batcher_takes_nothing():
@@ -374,6 +377,12 @@ def test_rerank_settings_without_rerank_and_generation_flags_with_it_are_refused
         main(["serve", str(tiny_rag_system), "--max-documents", "3"])
     with pytest.raises(SystemExit, match="--merge and vLLM flags"):
         main(["serve", str(tiny_rag_system), "--rerank", "--merge"])
+    with socket.socket() as taken:  # refused before the model loads
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit, match="already in use; choose another one"):
+            main(["serve", str(tiny_rag_system), "--rerank", "--port",
+                  str(taken.getsockname()[1])])
 
 
 def test_the_served_command_drains_a_request_in_flight_on_sigterm_and_exits(tiny_rag_system,

@@ -27,6 +27,15 @@ class ScoringFailed(RuntimeError):
     """The scorer raised while scoring the batch that held this request."""
 
 
+def check_batching(max_batch_pairs: int, max_wait_ms: float, max_queued_pairs: int) -> None:
+    """Fail on batching settings that cannot work, naming the value."""
+    for name, value, low in (("max_batch_pairs", max_batch_pairs, 1),
+                             ("max_wait_ms", max_wait_ms, 0),
+                             ("max_queued_pairs", max_queued_pairs, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 @dataclass(eq=False)
 class _Job:
     query: str
@@ -67,11 +76,7 @@ class RequestBatcher:
 
     def __init__(self, score: ScoreFn, max_batch_pairs: int = 64, max_wait_ms: float = 5.0,
                  max_queued_pairs: int = 4096):
-        for name, value, low in (("max_batch_pairs", max_batch_pairs, 1),
-                                 ("max_wait_ms", max_wait_ms, 0),
-                                 ("max_queued_pairs", max_queued_pairs, 1)):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        check_batching(max_batch_pairs, max_wait_ms, max_queued_pairs)
         self.score, self.max_batch_pairs = score, max_batch_pairs
         self.max_wait, self.max_queued_pairs = max_wait_ms / 1000, max_queued_pairs
         self._queue: deque[_Job] = deque()

@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from ..serving import DEFAULT_HOST, ServerProcess
+from ..serving import DEFAULT_HOST, ServerProcess, port_in_use
 from .settings import ServiceSettings, settings_flags
 
 DEFAULT_RERANK_PORT = 8001  # beside the generation server's 8000
@@ -27,6 +27,8 @@ def serve_rerank(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
     from . import create_app  # the serve extra, or its install hint
 
     settings = settings or ServiceSettings()
+    if port_in_use(host, port):
+        raise OSError(f"port {port} on {host} is already in use; choose another one (--port)")
     print(f"loading the reranker of {system_dir}", file=sys.stderr, flush=True)
     reranker, _ = load_reranker(system_dir, precision=precision)
     app = create_app(reranker, settings)

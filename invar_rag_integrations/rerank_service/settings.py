@@ -1,10 +1,12 @@
 """The rerank service's settings: limits, API key and batching (no web stack imported, so the
-command line can name them without the ``serve`` extra)."""
+command line can name and check them without the ``serve`` extra, before a model loads)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from .batcher import check_batching
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ServiceSettings:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.model_name.strip():
             raise ValueError("model_name must be a non-empty string")
+        check_batching(self.max_batch_pairs, self.max_wait_ms, self.max_queued_pairs)
 
 
 FLAG_HELP = {
@@ -75,8 +78,12 @@ def settings_flags(settings: ServiceSettings) -> list[str]:
     return flags
 
 
+def given_settings(args: Any) -> dict[str, Any]:
+    """The :class:`ServiceSettings` fields set by parsed flags."""
+    return {f.name: getattr(args, f.name) for f in fields(ServiceSettings)
+            if getattr(args, f.name, None) is not None}
+
+
 def settings_from_args(args: Any) -> ServiceSettings:
     """:class:`ServiceSettings` from parsed flags (unset ones keep their defaults)."""
-    given = {f.name: getattr(args, f.name) for f in fields(ServiceSettings)
-             if getattr(args, f.name, None) is not None}
-    return ServiceSettings(**given)
+    return ServiceSettings(**given_settings(args))

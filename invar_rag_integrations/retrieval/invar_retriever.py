@@ -387,10 +387,13 @@ class InvarRetriever(Retriever):
             query_coarse, [[self._rows[i] for i in row] for row in ids], self._vectors)
 
     def candidate_scores(self, queries: list[str], proposed: Sequence[SearchResult],
-                         lm: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+                         lm: Sequence[np.ndarray] | None = None,
+                         query_coarse: np.ndarray | None = None) -> list[np.ndarray]:
         """Stage 2: the fused score ``s`` of each stage-1 candidate, in stage 1's order
-        (``lm``: the scorer's ``r`` of the candidates when already computed)."""
-        query_coarse = self.reranker.coarse(queries)
+        (``lm``: the scorer's ``r`` of the candidates, ``query_coarse``: the queries' coarse
+        vectors, when already computed)."""
+        if query_coarse is None:
+            query_coarse = self.reranker.coarse(queries)
         ids = [r.ids for r in proposed]
         return self.reranker.scores(queries, [[self.passages[i] for i in row] for row in ids],
                                     query_coarse, [self.passage_coarse(row) for row in ids],
@@ -410,14 +413,16 @@ class InvarRetriever(Retriever):
         """Stage 2 over stage-1 results: the top ``k`` of each by the fused score, the scorer
         reading as many candidates as ``read_first`` / ``stop_margin`` say (unread ones follow
         in stage-1 order, scored ``-inf``); ``candidate_scores`` replaces
-        :meth:`candidate_scores` (e.g. one reading cached scorer outputs)."""
+        :meth:`candidate_scores` (e.g. one reading cached scorer outputs). The queries are
+        encoded once for both reading steps."""
         candidate_scores = candidate_scores or self.candidate_scores
+        query_coarse = self.reranker.coarse(queries)
 
         def score(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
             return candidate_scores(
                 [queries[i] for i in picked],
                 [SearchResult(proposed[i].ids[part], proposed[i].scores[part])
-                 for i, part in zip(picked, parts)])
+                 for i, part in zip(picked, parts)], query_coarse=query_coarse[picked])
 
         settings = self.settings
         scores = read_until_clear([len(r.ids) for r in proposed],
