@@ -340,6 +340,24 @@ def test_batcher_settings_out_of_range_fail_with_the_value():
         ServiceSettings(max_wait_ms=-1)  # checked before any model loads
 
 
+def test_the_passage_cache_serves_a_repeated_request_from_cached_states(tiny_rag_system, core):
+    from invar_rag_integrations.retrieval.artifacts import load_reranker
+
+    reranker = load_reranker(tiny_rag_system, precision="float32")[0]
+    with running(create_app(reranker, ServiceSettings(passage_cache_mb=16))) as url:
+        answers = [rerank(url, {"top_n": 3}, headers={}).json()["results"] for _ in range(2)]
+        cache = health(url)["passage_cache"]
+    assert answers[0] == answers[1]
+    assert [(r["index"], pytest.approx(r["relevance_score"], abs=1e-4)) for r in answers[0]] \
+        == in_process_order(core, 3)
+    assert cache["hits"] >= cache["misses"] > 0 and 0 < cache["bytes"] <= 16 * 2**20
+    with pytest.raises(ValueError, match="passage_cache_mb must be >= 0"):
+        ServiceSettings(passage_cache_mb=-1)
+    bf16 = load_reranker(tiny_rag_system, precision="bfloat16")[0]
+    with pytest.raises(ValueError, match="float32"):
+        create_app(bf16, ServiceSettings(passage_cache_mb=16))
+
+
 def test_a_full_queue_refuses_with_503_semantics_and_a_closed_batcher_takes_nothing():
     from invar_rag_integrations.rerank_service.batcher import BatcherClosed, QueueFull
 

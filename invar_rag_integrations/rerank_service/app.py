@@ -139,6 +139,8 @@ def create_app(reranker: InvarReranker, settings: ServiceSettings | None = None,
     app = FastAPI(title="Invar rerank", lifespan=lifespan,
                   description="Cohere / Jina rerank API over the Invar scorer")
     app.state.batcher = batcher
+    if settings.passage_cache_mb:
+        reranker.scorer.use_passage_cache(settings.passage_cache_mb)
 
     def authorised(credentials: BearerCredentials) -> None:
         if settings.api_key is None:
@@ -150,10 +152,13 @@ def create_app(reranker: InvarReranker, settings: ServiceSettings | None = None,
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        counts = reranker.scorer.window_counts
-        return {"status": "ok", "queued_pairs": batcher.queued_pairs,
-                "scoring_pairs": batcher.scoring_pairs, **batcher.counts,
-                "nodes_read_in_part": counts.get("nodes_read_in_part", 0)}
+        counts, cache = reranker.scorer.window_counts, reranker.scorer.passage_cache
+        found = {"status": "ok", "queued_pairs": batcher.queued_pairs,
+                 "scoring_pairs": batcher.scoring_pairs, **batcher.counts,
+                 "nodes_read_in_part": counts.get("nodes_read_in_part", 0)}
+        if cache is not None:
+            found["passage_cache"] = {**cache.counts, "passages": len(cache), "bytes": cache.bytes}
+        return found
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     def models() -> ModelList:

@@ -23,6 +23,9 @@ class ServiceSettings:
         max_body_bytes: Size of a request body (413 beyond, before it is read whole).
         max_batch_pairs, max_wait_ms, max_queued_pairs: Cross-request batching
             (:class:`RequestBatcher`); ``max_batch_pairs = 1`` turns it off.
+        passage_cache_mb: Megabytes of passage key/value states kept, so a document scored
+            again costs only the query's tokens (``InvarScorer.use_passage_cache``; a float32
+            scorer only); 0: no cache.
     """
 
     model_name: str = "invar-reranker"
@@ -34,12 +37,15 @@ class ServiceSettings:
     max_batch_pairs: int = 64
     max_wait_ms: float = 5.0
     max_queued_pairs: int = 4096
+    passage_cache_mb: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_document_chars", "max_query_chars",
                      "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.passage_cache_mb < 0:
+            raise ValueError(f"passage_cache_mb must be >= 0, got {self.passage_cache_mb}")
         if not self.model_name.strip():
             raise ValueError("model_name must be a non-empty string")
         check_batching(self.max_batch_pairs, self.max_wait_ms, self.max_queued_pairs)
@@ -56,6 +62,8 @@ FLAG_HELP = {
                        "(1: no batching)",
     "max_wait_ms": "longest wait for more requests to join a batch",
     "max_queued_pairs": "pairs allowed to wait (503 beyond)",
+    "passage_cache_mb": "MB of passage states kept so a document read again costs only the "
+                        "query's tokens (needs --precision float32; 0: off)",
 }
 
 
