@@ -44,7 +44,9 @@ bench: install install-vllm
 	$(PY) -m benchmarks.tune_zero_shot
 	$(PY) -m benchmarks.tune_windows
 	$(PY) -m benchmarks.retriever_stage
+	$(PY) -m benchmarks.tune_cross_encoder
 	$(PY) -m benchmarks.stage2_policy
+	$(PY) -m benchmarks.passage_cache
 	$(PY) -m benchmarks.long_documents
 	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage

@@ -185,6 +185,9 @@ def _chunking_tables(rows: list[dict]) -> list[str]:
     return parts
 
 
+_PASSAGE_CACHE = ["hit_rate", "all_hit_queries", "latency_p50_ms", "latency_p95_ms",
+                  "hit_speedup", "same_top5", "max_score_diff", "mb_per_passage", "cached_mb",
+                  "evictions"]
 _SERVICE = ["pairs_per_s", "pairs_per_s_vs_inprocess", "requests_per_s", "latency_p50_ms",
             "latency_p95_ms", "latency_p99_ms", "errors", "same_order", "same_top1"]
 
@@ -210,6 +213,14 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                           pivot_table([r for r in rows if r["split"] == split],
                                       ["acc@1", "acc@5", "pairs_per_query", "latency_p50_ms",
                                        "latency_p95_ms"]), ""]
+            parts += _curve_tables(rows)
+            trained = [r for r in rows if r["metric"] == "train_s"]
+            if trained:
+                parts += ["### Training time", "", pivot_table(trained, ["train_s"]), ""]
+            continue
+        if any(r["metric"] == "hit_rate" for r in rows):
+            parts += ["### Passage cache: hits, latency and exactness", "",
+                      pivot_table(rows, _PASSAGE_CACHE), ""]
             continue
         if any(r["metric"] == "requests_per_s" for r in rows):
             parts += ["### Throughput and latency", "", pivot_table(rows, _SERVICE), ""]

@@ -22,7 +22,7 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_retrieval, odqa_questions
     from .evaluation.chunking import chunked_corpus
     from .evaluation.results import pivot_table, write_results
-    from .retrieval import InvarRetriever, make_retriever
+    from .retrieval import CrossEncoderRetriever, InvarRetriever, make_retriever
 
     if "triviaqa_dev" in args.datasets:
         raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
@@ -31,10 +31,10 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     passages = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
     retriever = make_retriever(args.retriever, args.data_dir)
     ks = list(args.k)
-    if isinstance(retriever, InvarRetriever):
-        if args.candidates:
-            retriever.settings.candidates = args.candidates
-        depth = retriever.settings.candidates
+    if isinstance(retriever, (InvarRetriever, CrossEncoderRetriever)):
+        holder = retriever.settings if isinstance(retriever, InvarRetriever) else retriever
+        holder.candidates = args.candidates or holder.candidates
+        depth = holder.candidates
         if any(k > depth for k in ks):
             print(f"the two-stage retriever reads {depth} candidates per query: Acc@k for "
                   f"k > {depth} is left out (--candidates sets the depth)", file=sys.stderr)

@@ -8,27 +8,29 @@ from pathlib import Path
 from .artifacts import is_system_dir
 from .base import Retriever, SearchResult
 from .bm25 import BM25Retriever
+from .cross_encoder import CrossEncoderRetriever
 from .dense import DenseRetriever
 from .fusion import FusionRetriever, reciprocal_rank_fusion
 from .invar_retriever import InvarReranker, InvarRetriever, InvarSettings, fused_score
 from .query_adapter import QueryAdapterRetriever
 from .scorer import InvarScorer, ScorerSettings
 
-__all__ = ["BM25Retriever", "DenseRetriever", "FusionRetriever", "InvarReranker",
+__all__ = ["BM25Retriever", "CrossEncoderRetriever", "DenseRetriever", "FusionRetriever", "InvarReranker",
            "InvarRetriever", "InvarScorer", "InvarSettings", "QueryAdapterRetriever",
            "Retriever", "RETRIEVER_NAMES", "ScorerSettings", "SearchResult", "fused_score",
            "make_retriever", "reciprocal_rank_fusion"]
 
 RETRIEVER_NAMES = ("bm25", "minilm", "minilm-windows", "rrf", "rrf-windows", "upr-zero-shot",
-                   "minilm-ft", "minilm-adapter")
+                   "minilm-ft", "minilm-adapter", "ce-ft")
 
 
 def make_retriever(spec: str, data_dir: str | None = None) -> Retriever:
     """A retriever by name, to be indexed: ``bm25``, ``minilm``, ``rrf`` (their fusion), with
     ``-windows`` MiniLM reading long passages as windows (``DenseRetriever``),
-    ``upr-zero-shot`` (the two-stage retriever with the zero-shot scorer), ``minilm-ft`` or
-    ``minilm-adapter`` (MiniLM fine-tuned, or a query adapter trained, on the ODQA training
-    questions under ``data_dir``; trained once and cached); or a trained system directory
+    ``upr-zero-shot`` (the two-stage retriever with the zero-shot scorer), ``minilm-ft``,
+    ``minilm-adapter`` or ``ce-ft`` (MiniLM fine-tuned, a query adapter, or a cross-encoder
+    reranking RRF's candidates, trained on the ODQA training questions under ``data_dir``;
+    trained once and cached); or a trained system directory
     (``invar_rag.json``; with its saved index if it has one) or a saved index folder."""
     if spec == "bm25":
         return BM25Retriever()
@@ -39,7 +41,7 @@ def make_retriever(spec: str, data_dir: str | None = None) -> Retriever:
                                 DenseRetriever("minilm", windows=spec.endswith("-windows"))])
     if spec == "upr-zero-shot":
         return InvarRetriever.zero_shot()
-    if spec in ("minilm-ft", "minilm-adapter"):
+    if spec in ("minilm-ft", "minilm-adapter", "ce-ft"):
         from .._optional import require
 
         baselines = require("invar_rag_integrations.training.baselines", "train")

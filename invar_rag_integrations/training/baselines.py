@@ -4,12 +4,15 @@
   ``MultipleNegativesRankingLoss`` on (question, positive, mined hard negative) triplets, as
   llama-index-finetuning does;
 - ``minilm-adapter``: a residual linear query adapter on frozen MiniLM vectors, trained with a
-  softmax over the whole corpus.
+  softmax over the whole corpus;
+- ``ce-ft``: a MiniLM cross-encoder reranking the two-stage retriever's stage-1 candidates
+  (``cross_encoder.py``).
 
-Both train on the ``fit`` split of nq, squad and popqa_longtail, or of the synthetic questions
+All train on the ``fit`` split of nq, squad and popqa_longtail, or of the synthetic questions
 of ``invar-rag make-questions`` (positives: gold passages, or
-for questions without them the mined passages that contain an answer) and keep the epoch with
-the best Acc@1 on the ``tune`` split (epoch 0, the untrained start, included). Trained baselines
+for questions without them the mined passages that contain an answer) and keep the checkpoint
+(epoch, or step for ``ce-ft``) with the best Acc@1 on the ``tune`` split (the untrained start
+included). Trained baselines
 are cached under ``$INVAR_RAG_CACHE/baselines`` with their training log (curve and time).
 """
 
@@ -31,9 +34,10 @@ from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, first_hit_rank
 
 from .candidates import mine_candidates
+from .cross_encoder import CrossEncoderSettings, train_cross_encoder
 
 DATASETS = ("nq", "squad", "popqa_longtail")
-BASELINES = ("minilm-ft", "minilm-adapter")
+BASELINES = ("minilm-ft", "minilm-adapter", "ce-ft")
 
 
 @dataclass
@@ -233,15 +237,16 @@ def train_minilm_ft(train: Sequence[Example], tune: Sequence[Question],
 
 
 def trained_baseline(name: str, data_dir: str | None = None,
-                     settings: BaselineSettings | None = None,
+                     settings: BaselineSettings | CrossEncoderSettings | None = None,
                      datasets: Sequence[str] = DATASETS, label: str | None = None) -> Any:
-    """The ``minilm-ft`` or ``minilm-adapter`` retriever (not yet indexed), trained on first
-    use and cached; its log (``training.json``: curve, time, counts) sits beside it.
+    """The ``minilm-ft``, ``minilm-adapter`` or ``ce-ft`` retriever (not yet indexed), trained
+    on first use and cached; its log (``training.json``: curve, time, counts) sits beside it.
 
     Args:
-        name: ``minilm-ft`` or ``minilm-adapter``.
+        name: ``minilm-ft``, ``minilm-adapter`` or ``ce-ft``.
         data_dir: The folder with ``odqa/`` whose corpus and questions it trains on.
-        settings: Training settings (default :class:`BaselineSettings`).
+        settings: Training settings (default :class:`BaselineSettings`, for ``ce-ft``
+            :class:`CrossEncoderSettings`).
         datasets: The question sets of ``data_dir`` (e.g. ``["synthetic"]`` in a folder of
             ``invar-rag make-questions``).
         label: The retriever's name in results (default ``name``).
@@ -251,12 +256,12 @@ def trained_baseline(name: str, data_dir: str | None = None,
     """
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.paths import cache_dir
-    from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever
+    from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever, FusionRetriever
     from invar_rag_integrations.retrieval.embedding_cache import texts_hash
 
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
-    settings = settings or BaselineSettings()
+    settings = settings or (CrossEncoderSettings() if name == "ce-ft" else BaselineSettings())
     passages = odqa_corpus(data_dir)
     train_q = odqa_questions("fit", datasets, None, data_dir)
     tune_q = odqa_questions("tune", datasets, settings.tune_per_dataset, data_dir)
@@ -273,7 +278,7 @@ def trained_baseline(name: str, data_dir: str | None = None,
     for retriever in (minilm, bm25):
         retriever.index(passages)
     queries = [q.question for q in train_q + tune_q]
-    depth = max(settings.mine_depth, settings.pool_depth)
+    depth = max(settings.mine_depth, getattr(settings, "pool_depth", 0))
     rankings = [[r.ids for r in retriever.search(queries, depth)] for retriever in (minilm, bm25)]
     train = mine_examples(train_q, passages, [r[: len(train_q)] for r in rankings],
                           settings.mine_depth)
@@ -286,13 +291,19 @@ def trained_baseline(name: str, data_dir: str | None = None,
         from safetensors.numpy import save_file
 
         save_file({"weight": weight, "bias": bias}, str(tmp / "adapter.safetensors"))
+    elif name == "ce-ft":  # it reranks the candidates stage 1 (RRF) proposes
+        stage1 = FusionRetriever([bm25, minilm])
+        pools = [r.ids for r in stage1.search([q.question for q in tune_q], settings.candidates)]
+        curve = train_cross_encoder(train, tune_q, pools, passages, tmp, settings)
     else:
         dense_tune, bm25_tune = (r[len(train_q):] for r in rankings)
         pools = [list(dict.fromkeys([*q.gold_passage_ids, *dense_tune[i][: settings.pool_depth],
                                      *bm25_tune[i][: settings.pool_depth]]))
                  for i, q in enumerate(tune_q)]
         curve = train_minilm_ft(train, tune_q, passages, pools, tmp, settings)
-    log = {"baseline": name, "settings": asdict(settings), "train_questions": len(train),
+    used = getattr(settings, "train_questions", None)  # ce-ft trains on a sample
+    log = {"baseline": name, "settings": asdict(settings),
+           "train_questions": len(train) if used is None else min(used, len(train)),
            "tune_questions": len(tune_q), "curve": curve,
            "train_seconds": round(time.perf_counter() - started, 1)}
     (tmp / "training.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
@@ -307,13 +318,21 @@ def _load_baseline(name: str, folder: Path, label: str | None = None) -> Any:
 
     from invar_rag_integrations.models import load_coarse_encoder
     from invar_rag_integrations.retrieval import DenseRetriever, QueryAdapterRetriever
+    from invar_rag_integrations.retrieval.cross_encoder import (
+        CrossEncoderRetriever,
+        load_cross_encoder,
+    )
 
+    log = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     if name == "minilm-adapter":
         weights = load_file(str(folder / "adapter.safetensors"))
         retriever = QueryAdapterRetriever(weights["weight"], weights["bias"], "minilm",
                                           label=label or name)
+    elif name == "ce-ft":
+        retriever = CrossEncoderRetriever(load_cross_encoder(folder / "best"),
+                                          log["settings"]["candidates"], label=label or name)
     else:
         retriever = DenseRetriever(load_coarse_encoder(str(folder / "best")),
                                    label=label or name)
-    retriever.training_log = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    retriever.training_log = log
     return retriever
