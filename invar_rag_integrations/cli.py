@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 from .rag import GENERATION_BACKENDS
-from .rerank_service.settings import add_settings_flags
+from .rerank_service.settings import API_KEY_VARIABLE, add_settings_flags
 from .retrieval import RETRIEVER_NAMES, InvarSettings
 from .retrieval.invar_retriever import STAGE1
 from .retrieval.scorer import PRECISIONS
@@ -152,6 +153,7 @@ def _make_questions(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    args.api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     if args.rerank:
         from .rerank_service.server import DEFAULT_RERANK_PORT, serve_rerank
         from .rerank_service.settings import settings_from_args

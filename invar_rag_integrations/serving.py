@@ -170,6 +170,11 @@ class ServerProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        """Variables the child gets beside this process's (secrets go here, not on its
+        command line, where other users of the machine can read them)."""
+        return {}
+
     def start(self) -> ServerProcess:
         """Start the server and wait until it is healthy.
 
@@ -190,6 +195,7 @@ class ServerProcess:
         try:
             self.process = subprocess.Popen(
                 self.command(), stdout=output, start_new_session=True,
+                env={**os.environ, **self.environment()},
                 stderr=subprocess.STDOUT if output is not None else None)
         finally:
             if output is not None and not isinstance(output, int):
@@ -286,9 +292,10 @@ class VLLMServer(ServerProcess):
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                    "--model", str(model), "--served-model-name", served,
                    "--host", self.host, "--port", str(self.port), *_flags(options), *lora]
-        if self.api_key:
-            command += ["--api-key", self.api_key]
         return command + self.engine_args
+
+    def environment(self) -> dict[str, str]:
+        return {"VLLM_API_KEY": self.api_key} if self.api_key else {}
 
 
 def serve(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,

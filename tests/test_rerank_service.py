@@ -405,21 +405,23 @@ def test_rerank_settings_without_rerank_and_generation_flags_with_it_are_refused
 
 def test_the_served_command_drains_a_request_in_flight_on_sigterm_and_exits(tiny_rag_system,
                                                                              tmp_path):
-    settings = ServiceSettings(model_name=MODEL, max_documents=400)
+    settings = ServiceSettings(model_name=MODEL, max_documents=400, api_key=KEY)
     server = RerankServer(tiny_rag_system, port=free_port(), settings=settings,
                           log=tmp_path / "server.log").start()
     try:
         url = server.root_url
+        assert KEY not in " ".join(server.process.args)  # the key travels in the environment
+        assert rerank(url, {}, headers={}).status_code == 401
         assert_serving(url)
         many = [f"{DOCS[i % 5]} {' '.join(['filler'] * (i % 50))} {i}" for i in range(400)]
         with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(rerank, url, {"documents": many, "top_n": 5}, headers={})
+            in_flight = pool.submit(rerank, url, {"documents": many, "top_n": 5})
             wait_until(lambda: health(url)["scoring_pairs"] == 400, "the scorer reads it")
             server.process.send_signal(signal.SIGTERM)
             answer = in_flight.result()
         assert answer.status_code == 200 and len(answer.json()["results"]) == 5
         assert server.process.wait(60) == 0
         log = (tmp_path / "server.log").read_text()
-        assert "stopped after answering 2 requests" in log
+        assert "stopped after answering 2 requests" in log  # 401s are not scored
     finally:
         server.stop()

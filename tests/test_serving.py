@@ -55,6 +55,7 @@ def server(tmp_path_factory):
     with VLLMServer(SHIPPED_SYSTEM, port=free_port(), api_key="test-key", log=log,
                     engine_args=["--max-model-len", "2048"], startup_timeout=600) as running:
         group = running.process.pid
+        assert "test-key" not in " ".join(running.process.args)  # it travels in the environment
         yield running
     assert live_members(group) == []  # stopped: no process of its group is left running
 

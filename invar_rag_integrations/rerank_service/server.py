@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import Any
 
 from ..serving import DEFAULT_HOST, ServerProcess, port_in_use
-from .settings import ServiceSettings, settings_flags
+from .settings import API_KEY_VARIABLE, ServiceSettings, settings_flags
 
 DEFAULT_RERANK_PORT = 8001  # beside the generation server's 8000
 DRAIN_TIMEOUT_S = 60.0
@@ -75,4 +76,8 @@ class RerankServer(ServerProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "invar_rag_integrations.cli", "serve",
                 str(self.system_dir), "--rerank", "--host", self.host, "--port", str(self.port),
-                *settings_flags(self.settings)]
+                *settings_flags(replace(self.settings, api_key=None))]
+
+    def environment(self) -> dict[str, str]:
+        key = self.settings.api_key
+        return {API_KEY_VARIABLE: key} if key else {}

@@ -8,6 +8,8 @@ from typing import Any
 
 from .batcher import check_batching
 
+API_KEY_VARIABLE = "INVAR_RAG_API_KEY"  # read by `invar-rag serve` when --api-key is not given
+
 
 @dataclass
 class ServiceSettings:
@@ -53,7 +55,8 @@ class ServiceSettings:
 
 FLAG_HELP = {
     "model_name": "the model name clients ask for",
-    "api_key": "clients must send Authorization: Bearer KEY (default: no key)",
+    "api_key": "clients must send Authorization: Bearer KEY (default: $INVAR_RAG_API_KEY, else "
+               "no key; the variable keeps the key off the command line)",
     "max_documents": "documents per request (413 beyond)",
     "max_document_chars": "characters per document (413 beyond)",
     "max_query_chars": "characters of the query (413 beyond)",
