@@ -15,10 +15,10 @@ from .invar_retriever import InvarReranker, InvarRetriever, InvarSettings, fused
 from .query_adapter import QueryAdapterRetriever
 from .scorer import InvarScorer, ScorerSettings
 
-__all__ = ["BM25Retriever", "CrossEncoderRetriever", "DenseRetriever", "FusionRetriever", "InvarReranker",
-           "InvarRetriever", "InvarScorer", "InvarSettings", "QueryAdapterRetriever",
-           "Retriever", "RETRIEVER_NAMES", "ScorerSettings", "SearchResult", "fused_score",
-           "make_retriever", "reciprocal_rank_fusion"]
+__all__ = ["BM25Retriever", "CrossEncoderRetriever", "DenseRetriever", "FusionRetriever",
+           "InvarReranker", "InvarRetriever", "InvarScorer", "InvarSettings",
+           "QueryAdapterRetriever", "Retriever", "RETRIEVER_NAMES", "ScorerSettings",
+           "SearchResult", "fused_score", "make_retriever", "reciprocal_rank_fusion"]
 
 RETRIEVER_NAMES = ("bm25", "minilm", "minilm-windows", "rrf", "rrf-windows", "upr-zero-shot",
                    "minilm-ft", "minilm-adapter", "ce-ft")
