@@ -208,7 +208,8 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
             parts += _chunking_tables(rows)
             continue
         if any(r["metric"] == "pairs_per_query" for r in rows):
-            for split in dict.fromkeys(r["split"] for r in rows):
+            for split in dict.fromkeys(r["split"] for r in rows
+                                       if r["metric"] == "pairs_per_query"):
                 parts += [f"### Acc@k against pairs read per query ({split} questions)", "",
                           pivot_table([r for r in rows if r["split"] == split],
                                       ["acc@1", "acc@5", "pairs_per_query", "latency_p50_ms",
