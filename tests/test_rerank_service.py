@@ -166,6 +166,19 @@ def test_langchain_cohere_rerank_gets_the_invar_order(live, core):
         pytest.approx([s for _, s in expected], rel=1e-5)
 
 
+def test_llamaindex_tei_rerank_gets_the_invar_order(live, core):
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    url, _ = live
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.0) for t in DOCS]
+    remote = TextEmbeddingInference(top_n=4, base_url=url, auth_token=f"Bearer {KEY}") \
+        .postprocess_nodes(nodes, QueryBundle(QUERY))
+    expected = in_process_order(core, 4)
+    assert [n.node.get_content() for n in remote] == [DOCS[i] for i, _ in expected]
+    assert [n.score for n in remote] == pytest.approx([s for _, s in expected], rel=1e-5)
+
+
 # --- the schema -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank", "/rerank"])
@@ -183,6 +196,24 @@ def test_every_rerank_path_answers_the_schema_best_first(live, core, path):
     assert scores == sorted(scores, reverse=True)
     assert scores[-1] == -1e30 and body["results"][-1]["index"] == len(DOCS) - 1  # the empty one
     assert body["usage"]["documents"] == len(DOCS) and body["usage"]["total_tokens"] > 100
+
+
+def test_rerank_also_answers_text_embeddings_inference_requests(live, core):
+    url, _ = live
+    answer = httpx.post(url + "/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True,
+                                               "raw_scores": True, "truncate": True},
+                        headers=AUTH, timeout=60)
+    assert answer.status_code == 200, answer.text
+    expected = in_process_order(core, len(DOCS))
+    assert [r["index"] for r in answer.json()] == [i for i, _ in expected]
+    assert [r["text"] for r in answer.json()] == [DOCS[i] for i, _ in expected]
+    bare = httpx.post(url + "/rerank", json={"query": QUERY, "texts": DOCS[:2]}, headers=AUTH,
+                      timeout=60).json()
+    assert sorted(r["index"] for r in bare) == [0, 1] and all("text" not in r for r in bare)
+    wrong = httpx.post(url + "/rerank", json={"query": QUERY, "texts": "one"}, headers=AUTH)
+    assert wrong.status_code == 422 and "texts" in wrong.text
+    assert httpx.post(url + "/v1/rerank", json={"query": QUERY, "texts": DOCS},
+                      headers=AUTH).status_code == 422  # TEI's schema is /rerank's alone
 
 
 def test_top_n_beyond_the_documents_returns_them_all_and_no_documents_when_asked_not_to(live):

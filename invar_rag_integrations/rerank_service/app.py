@@ -30,10 +30,12 @@ from .protocol import (
     RerankResponse,
     RerankResult,
     RerankUsage,
+    TEIRank,
+    TEIRerankRequest,
 )
 from .settings import ServiceSettings
 
-RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank")  # and /rerank, which also speaks TEI's schema
 EMPTY_RELEVANCE = -1e30
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None,
                               Depends(HTTPBearer(auto_error=False))]
@@ -181,9 +183,21 @@ def create_app(reranker: InvarReranker, settings: ServiceSettings | None = None,
         return RerankResponse(model=settings.model_name, results=results,
                               usage=RerankUsage(documents=len(texts), total_tokens=tokens))
 
+    async def rerank_or_tei(body: RerankRequest | TEIRerankRequest,
+                            request: Request) -> RerankResponse | list[TEIRank]:
+        """``/rerank``: the Cohere / Jina schema, or text-embeddings-inference's (``texts``),
+        answered as TEI does: every text's index and score, best first."""
+        if isinstance(body, RerankRequest):
+            return await rerank(body, request)
+        answer = await rerank(body.as_rerank(), request)
+        return [TEIRank(index=r.index, score=r.relevance_score,
+                        text=r.document.text if r.document else None) for r in answer.results]
+
     for path in RERANK_PATHS:
         app.post(path, dependencies=[Depends(authorised)], response_model_exclude_none=True,
                  response_model=RerankResponse)(rerank)
+    app.post("/rerank", dependencies=[Depends(authorised)], response_model_exclude_none=True,
+             response_model=RerankResponse | list[TEIRank])(rerank_or_tei)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 

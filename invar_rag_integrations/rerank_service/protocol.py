@@ -2,7 +2,9 @@
 as vLLM and the Cohere / Jina clients speak it.
 
 ``POST /v1/rerank``, ``/v2/rerank`` and ``/rerank`` take a :class:`RerankRequest` and answer a
-:class:`RerankResponse`; ``GET /v1/models`` answers a :class:`ModelList`. Fields the clients
+:class:`RerankResponse`; ``/rerank`` also takes Hugging Face text-embeddings-inference's
+:class:`TEIRerankRequest` (``texts`` instead of ``documents``) and answers it as TEI does, a
+list of :class:`TEIRank`; ``GET /v1/models`` answers a :class:`ModelList`. Fields the clients
 send that the Invar scorer has no use for (``max_tokens_per_doc``, ``priority``, ``rank_fields``)
 are accepted and ignored: the scorer reads each document whole, in windows.
 """
@@ -67,6 +69,31 @@ class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
     usage: RerankUsage
+
+
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's rerank request: the query and the ``texts`` to rank
+    (``raw_scores``, ``truncate`` and ``truncation_direction`` are accepted and ignored: scores
+    are the fused Invar scores either way, and documents are read whole, in windows)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    texts: list[str]
+    return_text: bool = False
+
+    def as_rerank(self) -> RerankRequest:
+        """The same request in the Cohere / Jina schema (every text ranked)."""
+        return RerankRequest(query=self.query, documents=list(self.texts),
+                             return_documents=self.return_text)
+
+
+class TEIRank(BaseModel):
+    """One ranked text as text-embeddings-inference answers it."""
+
+    index: int
+    score: float
+    text: str | None = None
 
 
 class ModelCard(BaseModel):
