@@ -48,7 +48,7 @@ class CrossEncoderRetriever(Retriever):
     def identity(self) -> str:
         weights = hashlib.sha256()
         for tensor in self.model.model.state_dict().values():
-            weights.update(tensor.detach().float().numpy().tobytes()[:4096])
+            weights.update(tensor.detach().flatten()[:1024].float().numpy().tobytes())
         return (f"{self.kind}:{weights.hexdigest()[:16]}:candidates={self.candidates}:"
                 f"{self.stage1.identity()}")
 

@@ -93,10 +93,6 @@ class PassageCache:
             self.bytes -= dropped.nbytes
             self.counts["evictions"] += 1
 
-    def clear(self) -> None:
-        self._states.clear()
-        self.bytes = 0
-
 
 def take_prefix_states(past: Any, logits: Tensor, spans: Sequence[tuple[int, int]],
                        first_logit: int) -> list[PrefixState]:
