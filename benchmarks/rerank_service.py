@@ -4,11 +4,12 @@ The same requests (a val question and its BM25 top 10 corpus passages of ~100 wo
 scored in-process (the core reranker called directly, one request after another) and through
 ``invar-rag serve SYSTEM --rerank`` on loopback by 1, 4 and 16 concurrent clients (an asyncio
 client with httpx; every run sends a fixed number of requests and ends by itself), with
-cross-request batching on and off. Each row: pairs/s, requests/s, latency p50/p95/p99, errors,
-pairs/s against the in-process scorer's, and how many answers kept the in-process order (all of
-it, and its first document). The scorer's precision is ``auto`` (bfloat16 where the CPU
-multiplies it natively): in bfloat16 a score moves by a few hundredths with the other requests
-in its batch.
+cross-request batching on and off, and, where vLLM is installed, with the server's scorer
+reading through a vLLM engine (``--scorer-engine vllm``: the GPU path; float32 on a CPU). Each
+row: pairs/s, requests/s, latency p50/p95/p99, errors, pairs/s against the in-process scorer's,
+and how many answers kept the in-process order (all of it, and its first document). The
+scorer's precision is ``auto`` (bfloat16 where the CPU multiplies it natively): in bfloat16 a
+score moves by a few hundredths with the other requests in its batch.
 Writes ``benchmarks/results/rerank_service.json``.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import time
 from dataclasses import dataclass
 
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                                            "../shared/data)")
     parser.add_argument("--requests", type=int, default=32, help="requests per run")
     parser.add_argument("--documents", type=int, default=10, help="documents per request")
+    parser.add_argument("--no-vllm", action="store_true",
+                        help="leave out the server scoring through a vLLM engine (run when "
+                             "vLLM is installed)")
     args = parser.parse_args(argv)
 
     requests = bm25_requests(args.data_dir, args.requests, args.documents)
@@ -144,10 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = run_rows("rerank-inprocess", inprocess, args.documents, None)
     print(f"in-process: {rows[0]['value']:.2f} pairs/s", flush=True)
     del reranker  # the server process scores from here on
-    for suffix, batch_pairs in (("", ServiceSettings.max_batch_pairs), ("-nobatch", 1)):
-        settings = ServiceSettings(max_batch_pairs=batch_pairs)
-        with RerankServer(args.system, port=PORT, settings=settings,
-                          log="runs/bench-rerank-server.log") as server:
+    servers = [("", {}), ("-nobatch", {"settings": ServiceSettings(max_batch_pairs=1)})]
+    if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
+        servers.append(("-vllm", {"scorer_engine": "vllm"}))
+    for suffix, options in servers:
+        with RerankServer(args.system, port=PORT, log="runs/bench-rerank-server.log",
+                          **options) as server:
             for clients in CLIENTS:
                 run = asyncio.run(load(server.root_url, requests, clients))
                 found = run_rows(f"rerank-server-c{clients}{suffix}", run, args.documents,

@@ -12,7 +12,7 @@ from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
 from .rag import GENERATION_BACKENDS
-from .rerank_service.settings import API_KEY_VARIABLE, add_settings_flags
+from .rerank_service.settings import API_KEY_VARIABLE, SCORER_ENGINES, add_settings_flags
 from .retrieval import RETRIEVER_NAMES, InvarSettings
 from .retrieval.invar_retriever import STAGE1
 from .retrieval.scorer import PRECISIONS
@@ -158,12 +158,14 @@ def _serve(args: argparse.Namespace) -> None:
         from .rerank_service.server import DEFAULT_RERANK_PORT, serve_rerank
         from .rerank_service.settings import settings_from_args
 
-        if args.merge or args.engine_args:
-            raise ValueError("--merge and vLLM flags (after --) are settings of the generation "
-                             "server, not of --rerank")
+        if args.merge:
+            raise ValueError("--merge is a setting of the generation server, not of --rerank")
         serve_rerank(args.system, args.host, args.port or DEFAULT_RERANK_PORT,
-                     settings_from_args(args), args.precision)
+                     settings_from_args(args), args.precision,
+                     scorer_engine=args.scorer_engine or "hf", engine_args=args.engine_args)
         return
+    if args.scorer_engine:
+        raise ValueError("--scorer-engine: a setting of the rerank service; add --rerank")
     from .rerank_service.settings import given_settings
     from .serving import DEFAULT_PORT, serve
 
@@ -287,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve a system: vLLM's OpenAI-compatible server for its base model and "
                       "adapters (needs: make install-vllm), or with --rerank the Cohere / Jina "
                       "rerank API over its Invar reranker",
-        epilog="vLLM server flags go after --, e.g. invar-rag serve SYSTEM -- --max-model-len "
-               "2048. The two servers run side by side as two commands on two ports (defaults "
-               "8000 and 8001).")
+        epilog="vLLM flags go after --, e.g. invar-rag serve SYSTEM -- --max-model-len 2048 "
+               "(also for --rerank --scorer-engine vllm). The two servers run side by side as "
+               "two commands on two ports (defaults 8000 and 8001).")
     serve.add_argument("system", help="system directory (a generator for vLLM, a retriever for "
                                       "--rerank)")
     serve.add_argument("--rerank", action="store_true",
@@ -305,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="--rerank: the scorer's weights (auto = bfloat16 where the CPU "
                             "multiplies it natively or on a GPU, else float32)")
+    serve.add_argument("--scorer-engine", choices=SCORER_ENGINES,
+                       help="--rerank: read the pairs with the HF model in torch (hf, default) "
+                            "or through a vLLM engine's prompt log-probabilities (vllm: for a "
+                            "GPU; needs make install-vllm; vLLM flags go after --)")
     add_settings_flags(serve.add_argument_group("rerank service (--rerank; --api-key also "
                                                 "for the generation server)"))
     serve.set_defaults(func=_serve, engine_args=[])

@@ -424,8 +424,15 @@ def test_rerank_settings_without_rerank_and_generation_flags_with_it_are_refused
 
     with pytest.raises(SystemExit, match="--max-documents: settings of the rerank service"):
         main(["serve", str(tiny_rag_system), "--max-documents", "3"])
-    with pytest.raises(SystemExit, match="--merge and vLLM flags"):
+    with pytest.raises(SystemExit, match="--merge is a setting of the generation server"):
         main(["serve", str(tiny_rag_system), "--rerank", "--merge"])
+    with pytest.raises(SystemExit, match="--scorer-engine: a setting of the rerank service"):
+        main(["serve", str(tiny_rag_system), "--scorer-engine", "vllm"])
+    with pytest.raises(SystemExit, match="need --scorer-engine vllm"):
+        main(["serve", str(tiny_rag_system), "--rerank", "--", "--max-model-len", "2048"])
+    with pytest.raises(SystemExit, match="vLLM's prefix cache keeps them"):
+        main(["serve", str(tiny_rag_system), "--rerank", "--scorer-engine", "vllm",
+              "--passage-cache-mb", "100"])
     with socket.socket() as taken:  # refused before the model loads
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -102,11 +102,17 @@ def test_scorer_through_the_engine_equals_the_hf_scorer(engine):
     found = scorer.score_batch(questions, candidates)
     for e, f in zip(expected, found):
         assert abs(e - f).max() < 1e-4
+    with pytest.raises(ValueError, match="keeps passage states in its own prefix cache"):
+        scorer.use_passage_cache(10)
     scorer.settings.normalization = "sum"
     summed = scorer.score_batch(questions, candidates)
     assert abs(summed[0] / found[0]).min() > 1  # more than one question token each
     scorer.use_engine(None)
     assert abs(scorer.score_batch(questions, candidates)[0] - summed[0]).max() < 1e-3
+    scorer.use_passage_cache(10)
+    with pytest.raises(ValueError, match="turn the passage cache off"):
+        scorer.use_engine(engine)
+    scorer.use_passage_cache(None)
     with pytest.raises(ValueError, match="unknown adapter 'retriever'"):
         scorer.adapter = "retriever"
         scorer.use_engine(engine)
@@ -122,3 +128,28 @@ def test_lsr_scores_through_the_engine_equal_the_hf_scores(engine):
     expected = LSRScorer(lm, tokenizer, None, show_progress=False).score(pairs)
     found = LSRScorer(lm, tokenizer, None, show_progress=False, engine=engine).score(pairs)
     assert abs(found - expected).max() < 1e-3
+
+
+def test_the_rerank_service_scores_through_a_vllm_engine_in_the_hf_order(tmp_path):
+    import httpx
+    from conftest import free_port
+
+    from invar_rag_integrations.rerank_service import RerankServer
+    from invar_rag_integrations.retrieval.artifacts import load_reranker
+    from invar_rag_integrations.retrieval.scorer import passage_text
+
+    documents = [passage_text(p) for p in demo_passages()[:6]]
+    documents.append(" ".join(documents))  # longer than the scorer's window: read as windows
+    questions = [q.question for q in demo_questions()[:3]]
+    reranker = load_reranker(SHIPPED_SYSTEM, precision="float32")[0]  # vLLM's on a CPU
+    with RerankServer(SHIPPED_SYSTEM, port=free_port(), log=tmp_path / "server.log",
+                      scorer_engine="vllm", engine_args=["--max-model-len", "2048"]) as server:
+        assert httpx.get(server.root_url + "/health").json()["scorer_engine"] == "vllm"
+        for question in questions:
+            answer = httpx.post(server.root_url + "/v1/rerank", timeout=300,
+                                json={"query": question, "documents": documents})
+            assert answer.status_code == 200, answer.text
+            found = [(r["index"], r["relevance_score"]) for r in answer.json()["results"]]
+            expected = reranker.rerank(question, documents)
+            assert [i for i, _ in found] == [i for i, _ in expected]
+            assert max(abs(f[1] - e[1]) for f, e in zip(found, expected)) < 1e-3

@@ -275,3 +275,40 @@ class VLLMGenerator:
         special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         return Generation(completion.text,
                           sum(1 for t in completion.token_ids if t not in special))
+
+
+def engine_flags(flags: Sequence[str]) -> dict[str, Any]:
+    """``vllm.LLM`` arguments from vLLM's own command-line flags (``--max-model-len 2048``,
+    ``--gpu-memory-utilization 0.4``, ...): those the flags set to other than vLLM's defaults.
+    An unknown flag or value exits with vLLM's usage message naming it."""
+    import_vllm()
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser(prog="vLLM engine flags"))
+    defaults, given = vars(parser.parse_args([])), vars(parser.parse_args(list(flags)))
+    return {name: value for name, value in given.items() if defaults.get(name) != value}
+
+
+def score_through_vllm(scorer: Any, system_dir: str | os.PathLike[str],
+                       **overrides: Any) -> VLLMGenerator:
+    """Start a vLLM engine over ``scorer``'s base model and its adapter (the system's
+    ``scorer.adapter`` folder) and let the scorer read through it
+    (:meth:`~invar_rag_integrations.retrieval.scorer.InvarScorer.use_engine`).
+
+    Args:
+        scorer: A loaded Invar scorer.
+        system_dir: The system it was loaded from.
+        **overrides: ``vllm.LLM`` arguments (e.g. from :func:`engine_flags`).
+    """
+    from ..retrieval.artifacts import base_of
+
+    base = base_of(scorer.lm).invar_source
+    adapters = {scorer.adapter: Path(system_dir) / scorer.adapter} if scorer.adapter else {}
+    engine = VLLMGenerator(base.path, adapters, name=base.name, **overrides)
+    try:
+        scorer.use_engine(engine)
+    except BaseException:
+        engine.shutdown()
+        raise
+    return engine

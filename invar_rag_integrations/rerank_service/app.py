@@ -155,7 +155,8 @@ def create_app(reranker: InvarReranker, settings: ServiceSettings | None = None,
     @app.get("/health")
     def health() -> dict[str, Any]:
         counts, cache = reranker.scorer.window_counts, reranker.scorer.passage_cache
-        found = {"status": "ok", "queued_pairs": batcher.queued_pairs,
+        found = {"status": "ok", "scorer_engine": "hf" if reranker.scorer.engine is None
+                 else "vllm", "queued_pairs": batcher.queued_pairs,
                  "scoring_pairs": batcher.scoring_pairs, **batcher.counts,
                  "nodes_read_in_part": counts.get("nodes_read_in_part", 0)}
         if cache is not None:

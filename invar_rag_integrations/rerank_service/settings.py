@@ -9,6 +9,7 @@ from typing import Any
 from .batcher import check_batching
 
 API_KEY_VARIABLE = "INVAR_RAG_API_KEY"  # read by `invar-rag serve` when --api-key is not given
+SCORER_ENGINES = ("hf", "vllm")  # what reads the pairs: the HF model in torch, or a vLLM engine
 
 
 @dataclass

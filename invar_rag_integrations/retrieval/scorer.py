@@ -392,9 +392,14 @@ class InvarScorer:
         0.06 nats and changed rankings (``benchmarks/passage_cache.py``).
 
         Raises:
-            ValueError: The scorer runs in bfloat16 or has soft tokens (its prefix depends on
-                the coarse vectors), or ``max_mb`` is not positive.
+            ValueError: The scorer runs in bfloat16, has soft tokens (its prefix depends on
+                the coarse vectors) or reads through a vLLM engine (whose prefix cache keeps
+                passage states itself), or ``max_mb`` is not positive.
         """
+        if max_mb is not None and self.engine is not None:
+            raise ValueError("this scorer reads through a vLLM engine, which keeps passage "
+                             "states in its own prefix cache; the passage cache is for the HF "
+                             "model")
         if max_mb is not None and self.dtype != torch.float32:
             raise ValueError(f"the passage cache needs a float32 scorer (this one runs in "
                              f"{self.dtype}, where cached states do not rank exactly as one "
@@ -411,9 +416,13 @@ class InvarScorer:
 
         Raises:
             ValueError: Soft tokens or a head (vLLM returns neither prompt embeddings mixed with
-                token prompts nor hidden states), or the engine does not serve the adapter.
+                token prompts nor hidden states), a passage cache in use (the engine keeps its
+                own), or the engine does not serve the adapter.
         """
         if engine is not None:
+            if self.passage_cache is not None:
+                raise ValueError("turn the passage cache off (use_passage_cache(None)) before "
+                                 "scoring through a vLLM engine, which keeps its own")
             if self.settings.num_soft_tokens or self.head is not None:
                 raise ValueError("a scorer with soft tokens or a head reads what vLLM does not "
                                  "return (embeddings in, hidden states out); score it with HF")
