@@ -46,6 +46,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.tune_cross_encoder
 	$(PY) -m benchmarks.stage2_policy
+	$(PY) -m benchmarks.rerank_policy
 	$(PY) -m benchmarks.passage_cache
 	$(PY) -m benchmarks.long_documents
 	$(PY) -m benchmarks.synthetic_stage

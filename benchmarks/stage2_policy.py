@@ -38,6 +38,7 @@ class Scored:
     # BM25's, rank of MiniLM's first in BM25's list
     minilm_first_hit: np.ndarray  # [Q] an answer in MiniLM's first candidate
     minilm_first_at: np.ndarray  # [Q] where MiniLM's first candidate is in RRF's list (D: absent)
+    reranked: np.ndarray  # [Q, D] s(q, d) as the reranker fuses it: no BM25 term (no corpus)
 
 
 def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:
@@ -73,6 +74,7 @@ def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:
     terms = np.stack(retriever.bm25_term(texts, rrf))
     fused = fused_score(lm, cosines, settings.cos_weight, settings.tau, terms,
                         settings.bm25_weight)
+    reranked = fused_score(lm, cosines, settings.cos_weight, settings.tau)
     hits = np.array([[has_answer(q.answers, by_id[p].full_text()) for p in c]
                      for q, c in zip(questions, rrf)])
     features = np.array([
@@ -83,7 +85,8 @@ def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:
                           for q, m in zip(questions, minilm)])
     first_at = np.array([r.index(m.ids[0]) if m.ids[0] in r else depth
                          for m, r in zip(minilm, rrf)])
-    return Scored([q.dataset for q in questions], hits, fused, features, first_hit, first_at)
+    return Scored([q.dataset for q in questions], hits, fused, features, first_hit, first_at,
+                  reranked)
 
 
 def order_at_depth(fused: np.ndarray, d: int) -> np.ndarray:

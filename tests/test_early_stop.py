@@ -85,3 +85,49 @@ def test_the_retriever_reads_as_the_policy_says_and_counts_the_pairs(retriever):
     never_stop = retriever(read_first=2, stop_margin=math.inf)
     assert [r.ids for r in never_stop.search(queries, 5)] == [r.ids for r in full]
     assert never_stop.scorer.window_counts["nodes"] == 10
+
+
+def test_the_rerankers_read_as_the_policy_says_and_by_default_read_every_node(retriever):
+    from invar_rag_integrations.rerank_service.app import score_reranker
+
+    core = retriever().reranker
+    query, texts = "who discovered penicillin", [p.full_text() for p in demo_passages()[:6]]
+    full = core.rerank(query, texts)
+    assert core.scorer.window_counts["nodes"] == 6
+    short = core.rerank(query, texts, 3, read_first=2, stop_margin=0.0)
+    assert core.scorer.window_counts["nodes"] == 8  # two more
+    assert {i for i, _ in short[:2]} == {0, 1} and short[2] == (2, -math.inf)
+    scores = dict(full)
+    assert [s for _, s in short[:2]] == pytest.approx([scores[i] for i, _ in short[:2]],
+                                                      abs=1e-4)
+    never = core.rerank(query, texts, read_first=2, stop_margin=math.inf)
+    assert [i for i, _ in never] == [i for i, _ in full]
+    assert [s for _, s in never] == pytest.approx([s for _, s in full], abs=1e-4)
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from invar_rag_integrations.llama_index import InvarReranker
+
+    nodes = [NodeWithScore(node=TextNode(text=t), score=1.0) for t in texts]
+    kept = InvarReranker(core, top_n=3, read_first=2, stop_margin=0.0).postprocess_nodes(
+        nodes, QueryBundle(query))
+    assert kept[2].node.text == texts[2] and kept[2].score == -math.inf
+    (ranked, tokens), = score_reranker(core, 2, 0.0)([query], [texts], [4])
+    assert len(ranked) == 4 and ranked[2:] == [(2, -math.inf), (3, -math.inf)]
+    assert tokens == core.scorer.tokens_read(query, texts[:2])
+
+
+@pytest.mark.parametrize("build", ["llama_index", "langchain", "service", "core"])
+def test_reranker_policy_settings_out_of_range_fail_at_construction(retriever, build):
+    core = retriever().reranker
+    with pytest.raises(ValueError, match="read_first must be an integer from 1, got -1"):
+        if build == "llama_index":
+            from invar_rag_integrations.llama_index import InvarReranker
+            InvarReranker(core, read_first=-1)
+        elif build == "langchain":
+            from invar_rag_integrations.langchain import InvarReranker
+            InvarReranker(retriever=core, read_first=-1)
+        elif build == "service":
+            from invar_rag_integrations.rerank_service import ServiceSettings
+            ServiceSettings(read_first=-1)
+        else:
+            core.rerank("a question", ["a text"], read_first=-1)

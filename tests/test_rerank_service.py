@@ -389,6 +389,20 @@ def test_the_passage_cache_serves_a_repeated_request_from_cached_states(tiny_rag
         create_app(bf16, ServiceSettings(passage_cache_mb=16))
 
 
+def test_early_stop_reads_the_first_documents_and_returns_the_rest_unread_in_order(core):
+    from invar_rag_integrations.rerank_service.app import EMPTY_RELEVANCE
+
+    documents = DOCS[:5]
+    with running(create_app(core, ServiceSettings(read_first=2, stop_margin=0.0))) as url:
+        answer = rerank(url, {"documents": documents}, headers={}).json()
+        assert_serving(url)
+    results = answer["results"]
+    assert {r["index"] for r in results[:2]} == {0, 1}
+    assert [(r["index"], r["relevance_score"]) for r in results[2:]] == \
+        [(i, EMPTY_RELEVANCE) for i in (2, 3, 4)]
+    assert answer["usage"]["total_tokens"] == core.scorer.tokens_read(QUERY, documents[:2])
+
+
 def test_a_full_queue_refuses_with_503_semantics_and_a_closed_batcher_takes_nothing():
     from invar_rag_integrations.rerank_service.batcher import BatcherClosed, QueueFull
 

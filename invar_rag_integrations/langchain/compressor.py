@@ -13,6 +13,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, PrivateAttr
 
 from ..retrieval.base import check_k, check_text
+from ..retrieval.early_stop import STOP_MARGIN, check_policy
 from ..retrieval.invar_retriever import InvarReranker as CoreReranker
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ..retrieval.invar_retriever import stage2_of
@@ -27,14 +28,24 @@ class InvarReranker(BaseDocumentCompressor):
         retriever: The core Invar retriever (its stage 2 is used; no index needed) or a core
             ``InvarReranker``.
         top_n: Documents to keep.
+        read_first, stop_margin: Early stop: read the first ``read_first`` documents (in the
+            retriever's order), the rest only while the leader is not clear by
+            ``stop_margin``; unread documents follow in that order with relevance ``-inf``
+            (``InvarReranker.rerank`` of the core). ``None``: read every document.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     top_n: int = 3
+    read_first: int | None = None
+    stop_margin: float = STOP_MARGIN
     _core: CoreReranker = PrivateAttr()
 
-    def __init__(self, *, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 3):
-        super().__init__(top_n=check_k(top_n, "top_n"))
+    def __init__(self, *, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 3,
+                 read_first: int | None = None, stop_margin: float = STOP_MARGIN):
+        if read_first is not None:
+            check_policy(read_first, stop_margin)
+        super().__init__(top_n=check_k(top_n, "top_n"), read_first=read_first,
+                         stop_margin=stop_margin)
         self._core = stage2_of(retriever)
 
     @classmethod
@@ -48,7 +59,8 @@ class InvarReranker(BaseDocumentCompressor):
         documents = list(documents)
         passages = [document_passage(d, document_id(d)) for d in documents]
         kept = []
-        for index, score in self._core.rerank(query, passages, self.top_n):
+        for index, score in self._core.rerank(query, passages, self.top_n, self.read_first,
+                                              self.stop_margin):
             original = documents[index]
             kept.append(Document(page_content=original.page_content, id=original.id,
                                  metadata={**original.metadata, "relevance_score": score}))

@@ -11,6 +11,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ..retrieval.base import check_k, check_text
+from ..retrieval.early_stop import STOP_MARGIN, check_policy
 from ..retrieval.invar_retriever import InvarReranker as CoreReranker
 from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ..retrieval.invar_retriever import stage2_of
@@ -28,13 +29,23 @@ class InvarReranker(BaseNodePostprocessor):
         retriever: The core Invar retriever (its stage 2 is used; no index needed) or a core
             ``InvarReranker``.
         top_n: Nodes to keep.
+        read_first, stop_margin: Early stop: read the first ``read_first`` nodes (in the
+            retriever's order), the rest only while the leader is not clear by
+            ``stop_margin``; unread nodes follow in that order with score ``-inf``
+            (``InvarReranker.rerank`` of the core). ``None``: read every node.
     """
 
     top_n: int = Field(description="Number of nodes to return sorted by score.")
+    read_first: int | None = Field(default=None, description="Early stop: nodes read first.")
+    stop_margin: float = Field(default=STOP_MARGIN, description="Early stop: the clear lead.")
     _core: CoreReranker = PrivateAttr()
 
-    def __init__(self, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 2):
-        super().__init__(top_n=check_k(top_n, "top_n"))
+    def __init__(self, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 2,
+                 read_first: int | None = None, stop_margin: float = STOP_MARGIN):
+        if read_first is not None:
+            check_policy(read_first, stop_margin)
+        super().__init__(top_n=check_k(top_n, "top_n"), read_first=read_first,
+                         stop_margin=stop_margin)
         self._core = stage2_of(retriever)
 
     @classmethod
@@ -51,7 +62,8 @@ class InvarReranker(BaseNodePostprocessor):
         if query_bundle is None:
             raise ValueError("InvarReranker needs the query (query_bundle is missing)")
         query = check_text(query_bundle.query_str)
-        ranked = self._core.rerank(query, [node_text(n.node) for n in nodes], self.top_n)
+        ranked = self._core.rerank(query, [node_text(n.node) for n in nodes], self.top_n,
+                                   self.read_first, self.stop_margin)
         kept = []
         for index, score in ranked:
             node = nodes[index]

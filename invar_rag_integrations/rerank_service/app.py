@@ -4,7 +4,8 @@
 Relevance scores are the fused Invar score ``s(q, d)`` (the scorer's length-normalised question
 log-likelihood fused with the coarse cosine, ``retrieval/invar_retriever.py``): real numbers,
 higher is better, comparable between the documents of one query, not a probability in [0, 1].
-A document without text scores ``EMPTY_RELEVANCE`` (JSON has no -inf), below every other.
+A document without text, or left unread by early stop (``read_first``), scores
+``EMPTY_RELEVANCE`` (JSON has no -inf), below every document read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..retrieval.base import check_text
+from ..retrieval.early_stop import STOP_MARGIN, UNREAD_SCORE
 from ..retrieval.invar_retriever import InvarReranker
 from .batcher import BatcherClosed, QueueFull, RequestBatcher, ScoringFailed
 from .protocol import (
@@ -41,15 +43,19 @@ BearerCredentials = Annotated[HTTPAuthorizationCredentials | None,
                               Depends(HTTPBearer(auto_error=False))]
 
 
-def score_reranker(reranker: InvarReranker):
-    """The batcher's scorer call over the core reranker: per query, its ranked
-    ``(index, score)`` pairs and the tokens the LM read."""
+def score_reranker(reranker: InvarReranker, read_first: int | None = None,
+                   stop_margin: float = STOP_MARGIN):
+    """The batcher's scorer call over the core reranker (reading as the early-stop policy
+    says: :meth:`InvarReranker.rerank`): per query, its ranked ``(index, score)`` pairs and the
+    tokens the LM read."""
 
     def score(queries: list[str], documents: list[list[str]],
               top_n: list[int | None]) -> list[tuple[list[tuple[int, float]], int]]:
-        ranked = reranker.rerank_batch(queries, documents, top_n)
-        return [(r, reranker.scorer.tokens_read(q, d))
-                for r, q, d in zip(ranked, queries, documents)]
+        ranked = reranker.rerank_batch(queries, documents, [None] * len(queries), read_first,
+                                       stop_margin)
+        return [(r[:n], reranker.scorer.tokens_read(q, [d[i] for i, s in r
+                                                        if s != UNREAD_SCORE]))
+                for r, q, d, n in zip(ranked, queries, documents, top_n)]
 
     return score
 
@@ -130,8 +136,9 @@ def create_app(reranker: InvarReranker, settings: ServiceSettings | None = None,
             shuts down.
     """
     settings = settings or ServiceSettings()
-    batcher = batcher or RequestBatcher(score_reranker(reranker), settings.max_batch_pairs,
-                                        settings.max_wait_ms, settings.max_queued_pairs)
+    batcher = batcher or RequestBatcher(
+        score_reranker(reranker, settings.read_first or None, settings.stop_margin),
+        settings.max_batch_pairs, settings.max_wait_ms, settings.max_queued_pairs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

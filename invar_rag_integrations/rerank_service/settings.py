@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..retrieval.early_stop import STOP_MARGIN, check_policy
 from .batcher import check_batching
 
 API_KEY_VARIABLE = "INVAR_RAG_API_KEY"  # read by `invar-rag serve` when --api-key is not given
@@ -29,6 +30,10 @@ class ServiceSettings:
         passage_cache_mb: Megabytes of passage key/value states kept, so a document scored
             again costs only the query's tokens (``InvarScorer.use_passage_cache``; a float32
             scorer only); 0: no cache.
+        read_first, stop_margin: Early stop (``InvarReranker.rerank``): read a request's
+            first ``read_first`` documents (in the order sent), the rest only while the
+            leader's score beats the runner-up's by less than ``stop_margin``; unread documents
+            follow in the order sent with ``EMPTY_RELEVANCE``. 0: read every document.
     """
 
     model_name: str = "invar-reranker"
@@ -41,6 +46,8 @@ class ServiceSettings:
     max_wait_ms: float = 5.0
     max_queued_pairs: int = 4096
     passage_cache_mb: float = 0.0
+    read_first: int = 0
+    stop_margin: float = STOP_MARGIN
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_document_chars", "max_query_chars",
@@ -52,6 +59,8 @@ class ServiceSettings:
         if not self.model_name.strip():
             raise ValueError("model_name must be a non-empty string")
         check_batching(self.max_batch_pairs, self.max_wait_ms, self.max_queued_pairs)
+        if self.read_first:
+            check_policy(self.read_first, self.stop_margin)
 
 
 FLAG_HELP = {
@@ -68,6 +77,9 @@ FLAG_HELP = {
     "max_queued_pairs": "pairs allowed to wait (503 beyond)",
     "passage_cache_mb": "MB of passage states kept so a document read again costs only the "
                         "query's tokens (needs --precision float32; 0: off)",
+    "read_first": "early stop: read a request's first N documents (in the order sent), the rest "
+                  "only while the leader is not clear by --stop-margin (0: read every one)",
+    "stop_margin": "early stop: the score lead (nats) at which the leader is clear",
 }
 
 

@@ -22,12 +22,13 @@ STOP_MARGIN = 1.15
 UNREAD_SCORE = float("-inf")
 
 
-def check_policy(read_first: int, stop_margin: float, depth: int) -> None:
-    """Fail on settings that cannot work, naming the value."""
+def check_policy(read_first: int, stop_margin: float, depth: int | None = None) -> None:
+    """Fail on settings that cannot work, naming the value (``depth``: the most candidates
+    there are to read; ``None``: any number, as a reranker is given)."""
     if isinstance(read_first, bool) or not isinstance(read_first, int) \
-            or not 1 <= read_first <= depth:
-        raise ValueError(f"read_first must be an integer from 1 to the candidate depth "
-                         f"({depth}), got {read_first!r}")
+            or not 1 <= read_first <= (depth or read_first):
+        bound = "" if depth is None else f" to the candidate depth ({depth})"
+        raise ValueError(f"read_first must be an integer from 1{bound}, got {read_first!r}")
     if not isinstance(stop_margin, (int, float)) or math.isnan(stop_margin) or stop_margin < 0:
         raise ValueError(f"stop_margin must be >= 0 (inf: always read every candidate), got "
                          f"{stop_margin!r}")

@@ -194,14 +194,22 @@ class InvarReranker:
                 for r, cos, b in zip(lm, cosines, bm25)]
 
     def rerank(self, query: str, candidates: Sequence[Passage | str],
-               top_n: int | None = None) -> list[tuple[int, float]]:
+               top_n: int | None = None, read_first: int | None = None,
+               stop_margin: float = STOP_MARGIN) -> list[tuple[int, float]]:
         """``(index into candidates, s)`` of the best ``top_n`` candidates (default: all),
-        best first; an empty candidate list gives an empty result."""
-        return self.rerank_batch([query], [candidates], [top_n])[0]
+        best first; an empty candidate list gives an empty result.
+
+        ``read_first``: read the first ``read_first`` candidates (in the given order: the
+        retriever's), and the rest only while their leader's ``s`` beats the runner-up's by less
+        than ``stop_margin`` (``early_stop.py``, the retriever's policy); candidates left unread
+        follow the read ones in the given order, scored ``-inf``. ``None`` reads every one.
+        """
+        return self.rerank_batch([query], [candidates], [top_n], read_first, stop_margin)[0]
 
     def rerank_batch(self, queries: Sequence[str],
                      candidates: Sequence[Sequence[Passage | str]],
-                     top_n: Sequence[int | None]) -> list[list[tuple[int, float]]]:
+                     top_n: Sequence[int | None], read_first: int | None = None,
+                     stop_margin: float = STOP_MARGIN) -> list[list[tuple[int, float]]]:
         """:meth:`rerank` for several queries, their candidates scored in one batch (what a
         service gathers from concurrent requests); ties keep the given order."""
         if not len(queries) == len(candidates) == len(top_n):
@@ -211,8 +219,18 @@ class InvarReranker:
             check_text(query)
             if n is not None:
                 check_k(n, "top_n")
+        if read_first is not None:
+            check_policy(read_first, stop_margin)
         asked = [i for i, cands in enumerate(candidates) if cands]
-        scored = self.scores([queries[i] for i in asked], [list(candidates[i]) for i in asked]) \
+        lists = [list(candidates[i]) for i in asked]
+        texts = [queries[i] for i in asked]
+
+        def score(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
+            return self.scores([texts[i] for i in picked],
+                               [lists[i][part] for i, part in zip(picked, parts)])
+
+        counts = [len(c) for c in lists]
+        scored = read_until_clear(counts, read_first or max(counts), stop_margin, score) \
             if asked else []
         ranked: list[list[tuple[int, float]]] = [[] for _ in queries]
         for i, scores in zip(asked, scored):
