@@ -157,22 +157,23 @@ def served_rows(name: str, retriever, questions, by_id, k: int) -> list[dict]:
                         len(times), "val") for p in (50, 95)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags :func:`scored_splits` reads."""
     parser.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                            "../shared/data)")
     parser.add_argument("--tune-per-dataset", type=int, default=100)
     parser.add_argument("--val-per-dataset", type=int, default=100)
-    parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--shipped-depth", type=int, default=5)
-    args = parser.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
+    parser.add_argument("--depth", type=int, default=10, help="RRF candidates per question")
 
-    from benchmarks.run import save_and_render
+
+def scored_splits(args: argparse.Namespace) -> tuple:
+    """``(retriever, corpus, {"tune": Scored, "val": Scored})``: the zero-shot retriever at
+    ``args.depth`` candidates over the corpus, and both splits' samples scored (``r`` cached
+    under ``stage2_policy`` in the project cache)."""
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
     from invar_rag_integrations.paths import cache_dir
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings, make_retriever
+    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
 
     corpus = odqa_corpus(args.data_dir)
     by_id = {p.id: p for p in corpus}
@@ -185,6 +186,23 @@ def main(argv: list[str] | None = None) -> None:
                                        count, seed=0)
         scored[split] = score_split(retriever, questions, by_id, args.depth,
                                     cache_dir() / "stage2_policy")
+    return retriever, corpus, scored
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_split_flags(parser)
+    parser.add_argument("--shipped-depth", type=int, default=5)
+    args = parser.parse_args(argv)
+    from sklearn.linear_model import LogisticRegression
+
+    from benchmarks.run import save_and_render
+    from invar_rag_integrations.evaluation import odqa_questions
+    from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
+    from invar_rag_integrations.retrieval import InvarSettings, make_retriever
+
+    retriever, corpus, scored = scored_splits(args)
+    by_id = {p.id: p for p in corpus}
     rows = []
     for split, s in scored.items():
         n = len(s.datasets)
