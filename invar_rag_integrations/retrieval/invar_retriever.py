@@ -224,10 +224,12 @@ class InvarReranker:
         asked = [i for i, cands in enumerate(candidates) if cands]
         lists = [list(candidates[i]) for i in asked]
         texts = [queries[i] for i in asked]
+        query_coarse = self.coarse(texts)  # once for both reading steps
 
         def score(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
             return self.scores([texts[i] for i in picked],
-                               [lists[i][part] for i, part in zip(picked, parts)])
+                               [lists[i][part] for i, part in zip(picked, parts)],
+                               query_coarse[picked])
 
         counts = [len(c) for c in lists]
         scored = read_until_clear(counts, read_first or max(counts), stop_margin, score) \
