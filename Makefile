@@ -35,7 +35,9 @@ $(VLLM_STAMP): $(STAMP)
 demo: install
 	$(VENV)/bin/invar-rag demo
 
+# The layers contract (.importlinter) is checked with the tests.
 test: install install-vllm
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: install install-vllm

@@ -37,13 +37,13 @@ KS = (1, 5, 10)
 
 def two_stage(name: str, depth: int):
     """The zero-shot two-stage retriever as shipped, or reading first windows only."""
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
 
     settings = InvarSettings(candidates=depth)
     if name.endswith("-first128"):
         settings = InvarSettings(candidates=depth, coarse_windows=False, max_passage_tokens=128,
                                  max_windows=1, preselect="none", window_aggregation="first")
-    return InvarRetriever.zero_shot(settings=settings, show_progress=False)
+    return TwoStageRetriever.zero_shot(settings=settings, show_progress=False)
 
 
 def evaluate(name: str, retriever, questions, by_id, latency: list[str],
@@ -73,7 +73,7 @@ def run_chunking(chunking: str, systems: list[str], data: str | None, sample: in
     import random
 
     from invar_rag_integrations.evaluation.chunking import chunked_corpus
-    from invar_rag_integrations.retrieval import make_retriever
+    from invar_rag_integrations.training.catalog import make_retriever
 
     corpus = chunked_corpus(chunking, data)
     by_id = {p.id: p for p in corpus}

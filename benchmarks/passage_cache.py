@@ -54,7 +54,7 @@ def compare(plain: list, cached: list) -> tuple[float, float]:
 
 
 def pattern_rows(pattern: str, retriever, questions: list[str], cache_mb: float) -> list[dict]:
-    from invar_rag_integrations.retrieval.passage_cache import PassageCache
+    from invar_rag_integrations.invar.passage_cache import PassageCache
 
     retriever.search(questions[:1], K)  # warm up
     retriever.scorer.passage_cache = None
@@ -93,13 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.run import save_and_render
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarScorer
-    from invar_rag_integrations.retrieval.passage_cache import PassageCache
+    from invar_rag_integrations.invar import InvarScorer, TwoStageRetriever
+    from invar_rag_integrations.invar.passage_cache import PassageCache
 
     corpus = odqa_corpus(args.data_dir)
     questions = [q.question for q in sample_per_dataset(
         odqa_questions("val", DATASETS, data=args.data_dir), args.val_per_dataset, seed=0)]
-    retriever = InvarRetriever.zero_shot(precision="float32", show_progress=False)
+    retriever = TwoStageRetriever.zero_shot(precision="float32", show_progress=False)
     retriever.index(corpus)
     rows = pattern_rows("val-once", retriever, questions, args.cache_mb)
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ MARGINS = (0.0, 0.5, 1.15, 2.0, 3.0, 5.0)  # 1.15: the retriever's default (earl
 
 def replay(scored: Scored, read_first: int, stop_margin: float) -> dict:
     """Acc@1/5 and pairs read per query when the reranker reads with this policy."""
-    from invar_rag_integrations.retrieval.early_stop import read_until_clear
+    from invar_rag_integrations.invar.early_stop import read_until_clear
 
     fused = scored.reranked
     read = np.zeros(len(fused))

@@ -111,11 +111,11 @@ async def load(url: str, requests: list[tuple[str, list[str]]], clients: int) ->
 def bm25_requests(data: str | None, count: int, depth: int) -> list[tuple[str, list[str]]]:
     """``count`` val questions (spread over the retrieval datasets), each with its BM25 top
     ``depth`` passages."""
+    from invar_rag_integrations.data import passage_text
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.evaluation.datasets import RETRIEVAL_DATASETS
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
-    from invar_rag_integrations.retrieval import make_retriever
-    from invar_rag_integrations.retrieval.scorer import passage_text
+    from invar_rag_integrations.training.catalog import make_retriever
 
     passages = odqa_corpus(data)
     questions = sample_per_dataset(odqa_questions("val", RETRIEVAL_DATASETS, data=data),
@@ -129,8 +129,8 @@ def bm25_requests(data: str | None, count: int, depth: int) -> list[tuple[str, l
 
 
 def main(argv: list[str] | None = None) -> None:
+    from invar_rag_integrations.invar.artifacts import load_reranker
     from invar_rag_integrations.rerank_service import RerankServer, ServiceSettings
-    from invar_rag_integrations.retrieval.artifacts import load_reranker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--system", default=str(SHIPPED_SYSTEM), help="system directory")

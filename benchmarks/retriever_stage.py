@@ -111,7 +111,7 @@ def _robustness(system: str, retriever, questions, by_id, k: int) -> list[dict]:
 
 
 def _baseline(system: str, data: str | None, questions, by_id, corpus, robust, latency):
-    from invar_rag_integrations.retrieval import make_retriever
+    from invar_rag_integrations.training.catalog import make_retriever
 
     retriever = make_retriever(system, data)  # a trained baseline trains here on first use
     started = time.perf_counter()
@@ -133,10 +133,12 @@ def _baseline(system: str, data: str | None, questions, by_id, corpus, robust, l
     return rows
 
 
-def candidate_scores(retriever, queries: list[str], proposed, query_coarse=None) -> list:
-    """``retriever.candidate_scores``; for a scorer without an adapter (zero-shot, or a head on
-    the frozen LM), from its cached likelihoods and features, so systems that share the frozen
-    LM share one forward pass per pair (``pair_scores`` = likelihood + head(features), tested)."""
+def candidate_scores(retriever, queries: list[str], proposed, query_coarse=None,
+                     bm25=None) -> tuple[list, list]:
+    """``retriever.candidate_scores`` (fused scores, tokens read); for a scorer without an
+    adapter (zero-shot, or a head on the frozen LM), from its cached likelihoods and features,
+    so systems that share the frozen LM share one forward pass per pair (``pair_scores`` =
+    likelihood + head(features), tested)."""
     import numpy as np
     import torch
 
@@ -144,14 +146,16 @@ def candidate_scores(retriever, queries: list[str], proposed, query_coarse=None)
 
     scorer = retriever.scorer
     if scorer.adapter is not None or scorer.settings.num_soft_tokens:
-        return retriever.candidate_scores(queries, proposed, query_coarse=query_coarse)
+        return retriever.candidate_scores(queries, proposed, query_coarse=query_coarse,
+                                          bm25=bm25)
     pairs = [(q, retriever.passages[i]) for q, r in zip(queries, proposed) for i in r.ids]
     r, features = scorer_outputs(scorer, [q for q, _ in pairs], [v for _, v in pairs], False)
     if scorer.head is not None:
         with torch.no_grad():
             r = r + scorer.head(torch.from_numpy(features))[:, 0].numpy()
     bounds = np.cumsum([len(p.ids) for p in proposed])[:-1]
-    return retriever.candidate_scores(queries, proposed, np.split(r, bounds), query_coarse)
+    return retriever.candidate_scores(queries, proposed, np.split(r, bounds), query_coarse,
+                                      bm25)
 
 
 class CachedSearch:
@@ -162,10 +166,11 @@ class CachedSearch:
         self.retriever = retriever
 
     def search(self, queries: list[str], k: int) -> list:
+        proposal = self.retriever.propose(queries)
         return self.retriever.rerank_results(
-            queries, self.retriever.candidates(queries), k,
-            lambda found, proposed, query_coarse: candidate_scores(self.retriever, found,
-                                                                   proposed, query_coarse))
+            queries, proposal.results, k,
+            lambda found, proposed, query_coarse, bm25: candidate_scores(
+                self.retriever, found, proposed, query_coarse, bm25), proposal)
 
 
 def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list[dict]:
@@ -174,7 +179,7 @@ def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list
     it was."""
     from tqdm.auto import tqdm
 
-    from invar_rag_integrations.retrieval.invar_retriever import top_k
+    from invar_rag_integrations.retrieval.base import top_k
 
     own_depth = retriever.settings.candidates
     retriever.settings.candidates = max(depths)
@@ -185,7 +190,7 @@ def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list
         batch = queries[start : start + 64]
         found = retriever.candidates(batch)
         proposed += found
-        scores += candidate_scores(retriever, batch, found)
+        scores += candidate_scores(retriever, batch, found)[0]
     rows = []
     for depth in depths:
         results = [top_k(p.ids[:depth], s[:depth], depth) for p, s in zip(proposed, scores)]
@@ -231,7 +236,7 @@ def _naive_latency(retriever, queries: list[str], depth: int) -> list[dict]:
     full-vocabulary log-softmax at every position."""
     import torch
 
-    from invar_rag_integrations.retrieval.scorer import passage_text
+    from invar_rag_integrations.data import passage_text
 
     scorer = retriever.scorer
     tok = scorer.tokenizer
@@ -258,11 +263,11 @@ def _naive_latency(retriever, queries: list[str], depth: int) -> list[dict]:
 
 def _two_stage(system: str, data: str | None, questions, by_id, corpus, robust, latency,
                gemma_questions, system_dir: str | None) -> list[dict]:
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
 
     rows: list[dict] = []
     if system_dir is not None:
-        retriever = InvarRetriever.from_pretrained(system_dir, index=None, show_progress=False)
+        retriever = TwoStageRetriever.from_pretrained(system_dir, index=None, show_progress=False)
         manifest = json.loads((Path(system_dir) / "invar_rag.json").read_text())
         metrics = manifest["metrics"]["retriever"]
         rows += [_row(system, "train", "train_s", metrics["total_seconds"],
@@ -276,12 +281,12 @@ def _two_stage(system: str, data: str | None, questions, by_id, corpus, robust, 
             rows += [_row(system, d, f"tune_acc@1:step{point['step']}", v, 0, "tune")
                      for d, v in point.items() if d != "step"]
     elif system == "upr-zero-shot-gemma":
-        retriever = InvarRetriever.zero_shot("gemma3-270m", show_progress=False)
+        retriever = TwoStageRetriever.zero_shot("gemma3-270m", show_progress=False)
     elif system == "upr-zero-shot-minilm":
-        retriever = InvarRetriever.zero_shot(
+        retriever = TwoStageRetriever.zero_shot(
             settings=InvarSettings(stage1="minilm", bm25_weight=0.0), show_progress=False)
     else:
-        retriever = InvarRetriever.zero_shot(show_progress=False)
+        retriever = TwoStageRetriever.zero_shot(show_progress=False)
     started = time.perf_counter()
     retriever.index(corpus)
     rows.append(_row(system, "odqa-corpus", "index_s", time.perf_counter() - started,

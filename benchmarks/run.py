@@ -59,7 +59,7 @@ def _peak_rss_row(system: str, n: int) -> dict:
 def run_system(system: str, data: str | None, latency_queries: int, sample: int) -> list[dict]:
     """Index the corpus, evaluate and time one system (runs in a child process)."""
     from invar_rag_integrations.evaluation import evaluate_retrieval, odqa_corpus, odqa_questions
-    from invar_rag_integrations.retrieval import make_retriever
+    from invar_rag_integrations.training.catalog import make_retriever
 
     corpus = odqa_corpus(data)
     by_id = {p.id: p for p in corpus}

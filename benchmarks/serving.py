@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     from invar_rag_integrations.generation.vllm_backend import VLLMGenerator, merged_model
     from invar_rag_integrations.paths import cache_dir
     from invar_rag_integrations.rag import InvarRAG
-    from invar_rag_integrations.retrieval.artifacts import base_of
     from invar_rag_integrations.retrieval.search_cache import cached_search
+    from invar_rag_integrations.system import base_of
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--system", default=str(SHIPPED_SYSTEM), help="trained system directory")

@@ -45,7 +45,7 @@ def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:
     """Stage-1 rankings, features and the scorer's ``r`` over RRF's candidates (``r`` read
     from ``cache`` when this split was scored before)."""
     from invar_rag_integrations.evaluation.metrics import has_answer
-    from invar_rag_integrations.retrieval import fused_score
+    from invar_rag_integrations.invar import settings_score
 
     texts = [q.question for q in questions]
     rrf = [r.ids for r in retriever.stage1.search(texts, depth)]
@@ -72,9 +72,8 @@ def score_split(retriever, questions, by_id, depth: int, cache) -> Scored:
     query_vectors = retriever.reranker.coarse(texts)
     cosines = np.stack(retriever.passage_cosines(query_vectors, rrf))
     terms = np.stack(retriever.bm25_term(texts, rrf))
-    fused = fused_score(lm, cosines, settings.cos_weight, settings.tau, terms,
-                        settings.bm25_weight)
-    reranked = fused_score(lm, cosines, settings.cos_weight, settings.tau)
+    fused = settings_score(settings, lm, cosines, terms)
+    reranked = settings_score(settings, lm, cosines)
     hits = np.array([[has_answer(q.answers, by_id[p].full_text()) for p in c]
                      for q, c in zip(questions, rrf)])
     features = np.array([
@@ -172,12 +171,12 @@ def scored_splits(args: argparse.Namespace) -> tuple:
     under ``stage2_policy`` in the project cache)."""
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
     from invar_rag_integrations.paths import cache_dir
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
 
     corpus = odqa_corpus(args.data_dir)
     by_id = {p.id: p for p in corpus}
-    retriever = InvarRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
+    retriever = TwoStageRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
                                          show_progress=False)
     retriever.index(corpus)
     scored = {}
@@ -199,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.run import save_and_render
     from invar_rag_integrations.evaluation import odqa_questions
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
-    from invar_rag_integrations.retrieval import InvarSettings, make_retriever
+    from invar_rag_integrations.invar import InvarSettings
+    from invar_rag_integrations.training.catalog import make_retriever
 
     retriever, corpus, scored = scored_splits(args)
     by_id = {p.id: p for p in corpus}

@@ -89,8 +89,9 @@ def _training_rows(system: str, folder: Path) -> list[dict]:
 def evaluate(data: str | None, sample: int, invar_dir: Path) -> list[dict]:
     """Step 3: every system on the same real validation questions."""
     from invar_rag_integrations.evaluation import odqa_corpus
-    from invar_rag_integrations.retrieval import InvarRetriever, make_retriever
+    from invar_rag_integrations.invar import TwoStageRetriever
     from invar_rag_integrations.training.baselines import BaselineSettings, trained_baseline
+    from invar_rag_integrations.training.catalog import make_retriever
 
     corpus = odqa_corpus(data)
     by_id = {p.id: p for p in corpus}
@@ -111,10 +112,10 @@ def evaluate(data: str | None, sample: int, invar_dir: Path) -> list[dict]:
         print(f"== {name}", file=sys.stderr, flush=True)
         retriever.index(corpus)
         rows += _accuracy(name, questions, _search(retriever, queries, max(KS), name), by_id)
-    two_stage = (("upr-zero-shot", InvarRetriever.zero_shot(show_progress=False)),
-                 ("invar-synthetic", InvarRetriever.from_pretrained(invar_dir, index=None,
+    two_stage = (("upr-zero-shot", TwoStageRetriever.zero_shot(show_progress=False)),
+                 ("invar-synthetic", TwoStageRetriever.from_pretrained(invar_dir, index=None,
                                                                     show_progress=False)),
-                 ("invar", InvarRetriever.from_pretrained(SHIPPED, index=None,
+                 ("invar", TwoStageRetriever.from_pretrained(SHIPPED, index=None,
                                                           show_progress=False)))
     for name, retriever in two_stage:
         print(f"== {name}", file=sys.stderr, flush=True)

@@ -54,8 +54,8 @@ def read_all_windows(retriever, questions, size: int, by_id, show_progress: bool
     """Score every window of every candidate (cached per question and window), and note which
     windows each selection reads (chosen as serving chooses them, ``windows_to_read``)."""
     from invar_rag_integrations.evaluation.metrics import has_answer
+    from invar_rag_integrations.invar.windows import windows_to_read
     from invar_rag_integrations.retrieval.embedding_cache import cached_embeddings
-    from invar_rag_integrations.retrieval.windows import windows_to_read
 
     scorer = retriever.scorer
     stride = max(1, size * 3 // 4)
@@ -102,13 +102,14 @@ def policy_rows(name: str, questions, reads: list[Read], selection: tuple[str, i
     """Acc@1/5 per dataset, tokens and windows read per query, of one reading policy."""
     import torch
 
-    from invar_rag_integrations.retrieval import fused_score
-    from invar_rag_integrations.retrieval.windows import EMPTY_SCORE, aggregate
+    from invar_rag_integrations.invar import settings_score
+    from invar_rag_integrations.invar.early_stop import UNSCORED
+    from invar_rag_integrations.invar.windows import aggregate
 
     method, temperature = aggregation
     hits_at, tokens, windows = [], [], []
     for read in reads:
-        r = np.full(len(read.r), EMPTY_SCORE, dtype=np.float32)
+        r = np.full(len(read.r), UNSCORED, dtype=np.float32)
         spent = count = 0
         for c, (scores, lengths, chosen) in enumerate(zip(read.r, read.tokens,
                                                           read.chosen[selection])):
@@ -117,8 +118,7 @@ def policy_rows(name: str, questions, reads: list[Read], selection: tuple[str, i
             r[c] = float(aggregate(torch.from_numpy(scores[chosen]), method, temperature))
             spent += int(lengths[chosen].sum())
             count += len(chosen)
-        s = fused_score(r, read.cosine, settings.cos_weight, settings.tau, read.bm25,
-                        settings.bm25_weight)
+        s = settings_score(settings, r, read.cosine, read.bm25)
         ranked = np.argsort(-s, kind="stable")
         hits_at.append([read.hits[i] for i in ranked])
         tokens.append(spent)
@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     from invar_rag_integrations.evaluation import odqa_questions
     from invar_rag_integrations.evaluation.chunking import chunked_corpus
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
 
     questions = []
     for dataset, count in zip(DATASETS, args.per_dataset):
         questions += sample_per_dataset(odqa_questions("tune", [dataset], data=args.data_dir),
                                         count, seed=0)
-    retriever = InvarRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
+    retriever = TwoStageRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
                                          show_progress=False)
     rows: list[dict] = []
     for chunking in args.chunkings:

@@ -73,20 +73,20 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.run import save_and_render
     from invar_rag_integrations.evaluation import odqa_corpus, odqa_questions
     from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
-    from invar_rag_integrations.models import load_base_lm
-    from invar_rag_integrations.retrieval import (
-        InvarRetriever,
+    from invar_rag_integrations.invar import (
         InvarSettings,
         ScorerSettings,
+        TwoStageRetriever,
         fused_score,
     )
-    from invar_rag_integrations.retrieval.scorer import InvarScorer
+    from invar_rag_integrations.invar.scorer import InvarScorer
+    from invar_rag_integrations.models import load_base_lm
 
     questions = sample_per_dataset(odqa_questions("tune", DATASETS, data=args.data_dir),
                                    args.per_dataset, seed=0)
     corpus = odqa_corpus(args.data_dir)
     by_id = {p.id: p for p in corpus}
-    retriever = InvarRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
+    retriever = TwoStageRetriever.zero_shot(settings=InvarSettings(candidates=args.depth),
                                          precision=args.precision, show_progress=False)
     retriever.index(corpus)
     dense = retriever.stage1.retrievers[1]

@@ -11,19 +11,21 @@ from collections.abc import Sequence
 from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
 from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
-from .rag import GENERATION_BACKENDS
+from .generation import GENERATION_BACKENDS
+from .invar.settings import PRECISIONS, InvarSettings
 from .rerank_service.settings import API_KEY_VARIABLE, SCORER_ENGINES, add_settings_flags
-from .retrieval import RETRIEVER_NAMES, InvarSettings
-from .retrieval.invar_retriever import STAGE1
-from .retrieval.scorer import PRECISIONS
+from .retrieval.stage1 import STAGE1
 from .synthetic import ROUND_TRIPS
+from .training.catalog import RETRIEVER_NAMES
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_retrieval, odqa_questions
     from .evaluation.chunking import chunked_corpus
     from .evaluation.results import pivot_table, write_results
-    from .retrieval import CrossEncoderRetriever, InvarRetriever, make_retriever
+    from .invar import TwoStageRetriever
+    from .retrieval import CrossEncoderRetriever
+    from .training.catalog import make_retriever
 
     if "triviaqa_dev" in args.datasets:
         raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
@@ -32,8 +34,8 @@ def _eval_retrieval(args: argparse.Namespace) -> None:
     passages = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
     retriever = make_retriever(args.retriever, args.data_dir)
     ks = list(args.k)
-    if isinstance(retriever, (InvarRetriever, CrossEncoderRetriever)):
-        holder = retriever.settings if isinstance(retriever, InvarRetriever) else retriever
+    if isinstance(retriever, (TwoStageRetriever, CrossEncoderRetriever)):
+        holder = retriever.settings if isinstance(retriever, TwoStageRetriever) else retriever
         holder.candidates = args.candidates or holder.candidates
         depth = holder.candidates
         if any(k > depth for k in ks):
@@ -89,11 +91,11 @@ def _eval_qa(args: argparse.Namespace) -> None:
 
 def _index(args: argparse.Namespace) -> None:
     from .data import load_passages
-    from .retrieval import InvarRetriever
-    from .retrieval.invar_retriever import INDEX_DIR
+    from .invar import TwoStageRetriever
+    from .invar.two_stage import INDEX_DIR
 
     passages = load_passages(args.corpus)  # validated before any model loads
-    retriever = InvarRetriever.from_pretrained(args.retriever, index=None)
+    retriever = TwoStageRetriever.from_pretrained(args.retriever, index=None)
     started = time.perf_counter()
     retriever.index(passages)
     seconds = time.perf_counter() - started
@@ -103,14 +105,14 @@ def _index(args: argparse.Namespace) -> None:
 
 
 def _init_system(args: argparse.Namespace) -> None:
-    from .retrieval import InvarRetriever, InvarSettings
-    from .retrieval.artifacts import save_retriever
+    from .invar import InvarSettings, TwoStageRetriever
+    from .invar.artifacts import save_retriever
 
     defaults = InvarSettings()
     settings = InvarSettings(stage1=args.stage1, candidates=args.candidates,
                              bm25_weight=defaults.bm25_weight if args.stage1 == "rrf" else 0.0,
                              read_first=args.read_first, stop_margin=args.stop_margin)
-    retriever = InvarRetriever.zero_shot(args.base_model, args.coarse_encoder, settings,
+    retriever = TwoStageRetriever.zero_shot(args.base_model, args.coarse_encoder, settings,
                                          show_progress=False)
     command = ["invar-rag", "init-system", args.output, "--base-model", args.base_model,
                "--coarse-encoder", args.coarse_encoder, "--stage1", args.stage1,
@@ -133,8 +135,8 @@ def _make_questions(args: argparse.Namespace) -> None:
 
     from .data import load_passages
     from .generation import HFGenerator
+    from .invar.precision import resolve_precision
     from .models import load_base_lm
-    from .retrieval.scorer import resolve_precision
     from .synthetic import SyntheticSettings, make_questions
 
     passages = load_passages(args.corpus)  # validated before any model loads

@@ -102,3 +102,10 @@ def check_corpus(passages: Iterable[Passage], source: str = "passages") -> list[
         shown = ", ".join(map(repr, duplicates[:10]))
         raise ValueError(f"{source}: duplicate passage ids: {shown}")
     return passages
+
+
+def passage_text(passage: Passage | str) -> str:
+    """A passage as the scorer reads it: ``Title. text`` (a string is taken as it is)."""
+    if isinstance(passage, str):
+        return passage
+    return f"{passage.title}. {passage.text}" if passage.title else passage.text

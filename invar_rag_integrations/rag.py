@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from .data import Passage, check_corpus, load_passages
-from .generation import FittedPrompt, HFGenerator, PromptTemplate
+from .generation import GENERATION_BACKENDS
 from .generation.artifacts import (
     GENERATOR_ADAPTER,
     GeneratorSettings,
     generator_entry,
     load_generator,
 )
+from .generation.hf import HFGenerator
+from .generation.prompts import FittedPrompt, PromptTemplate
 from .retrieval.base import (
     PASSAGES_FILE,
     Retriever,
@@ -27,8 +29,6 @@ from .retrieval.base import (
     check_queries,
     check_text,
 )
-
-GENERATION_BACKENDS = ("hf", "vllm", "vllm-merged")
 
 
 def check_pipeline(pipeline: Any) -> RAGPipeline:
@@ -263,16 +263,16 @@ class InvarRAG(RAGPipeline):
                 bfloat16 was faster; see BENCHMARKS.md).
             **kwargs: Passed to the constructor (e.g. ``batch_size``).
         """
-        from .retrieval import InvarRetriever
-        from .retrieval.artifacts import base_of, model_identity
-        from .retrieval.invar_retriever import INDEX_DIR
+        from .invar import TwoStageRetriever
+        from .invar.two_stage import INDEX_DIR
+        from .system import base_of, model_identity
 
         if backend not in GENERATION_BACKENDS:
             raise ValueError(f"backend must be one of {GENERATION_BACKENDS}, got {backend!r}")
         if (engine_options and backend == "hf") or (score_on_engine and backend != "vllm"):
             raise ValueError("engine_options are settings of the vllm backends, score_on_engine "
                              "of the vllm backend")
-        retriever = InvarRetriever.from_pretrained(system_dir, index, base_model)
+        retriever = TwoStageRetriever.from_pretrained(system_dir, index, base_model)
         if backend != "hf":
             from .generation.vllm_backend import VLLMGenerator, merged_model
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 from .generation.artifacts import GENERATOR_ADAPTER, generator_entry
 from .generation.vllm_backend import engine_options, import_vllm, merged_model
 from .models.registry import ModelSource, resolve_base_model
-from .retrieval.artifacts import read_manifest
+from .system import read_manifest
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 

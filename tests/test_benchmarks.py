@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.retriever_stage import CachedSearch
 from invar_rag_integrations.demo import demo_passages
-from invar_rag_integrations.retrieval import InvarRetriever, InvarScorer, InvarSettings
+from invar_rag_integrations.invar import InvarScorer, InvarSettings, TwoStageRetriever
 
 QUERIES = ["who discovered penicillin", "highest mountain on earth", "longest river in africa"]
 
@@ -17,7 +17,7 @@ QUERIES = ["who discovered penicillin", "highest mountain on earth", "longest ri
 def test_cached_search_equals_the_served_search_with_bm25_and_a_head(
         tiny_lm_dir: Path, tiny_encoder_dir: Path) -> None:
     settings = InvarSettings(candidates=5, bm25_weight=2.0)
-    retriever = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir), settings,
+    retriever = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir), settings,
                                          precision="float32", show_progress=False)
     scorer = retriever.scorer
     settings.head = True

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from invar_rag_integrations.demo import demo_passages
-from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
-from invar_rag_integrations.retrieval.early_stop import leader_is_clear, read_until_clear
-from invar_rag_integrations.retrieval.invar_retriever import top_k
+from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
+from invar_rag_integrations.invar.early_stop import leader_is_clear, read_until_clear
+from invar_rag_integrations.retrieval.base import top_k
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -57,9 +57,9 @@ def test_candidates_all_without_text_keep_stage_one_order():
 
 @pytest.fixture()
 def retriever(tiny_lm_dir: Path, tiny_encoder_dir: Path):
-    def build(**settings) -> InvarRetriever:
-        found = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
-                                         InvarSettings(candidates=5, **settings),
+    def build(**settings) -> TwoStageRetriever:
+        found = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                            InvarSettings(candidates=5, **settings),
                                          precision="float32", show_progress=False)
         found.index(demo_passages())
         return found
@@ -88,7 +88,8 @@ def test_the_retriever_reads_as_the_policy_says_and_counts_the_pairs(retriever):
 
 
 def test_the_rerankers_read_as_the_policy_says_and_by_default_read_every_node(retriever):
-    from invar_rag_integrations.rerank_service.app import score_reranker
+    from invar_rag_integrations.rerank_service import ServiceSettings
+    from invar_rag_integrations.rerank_service.handler import RerankHandler
 
     core = retriever().reranker
     query, texts = "who discovered penicillin", [p.full_text() for p in demo_passages()[:6]]
@@ -111,7 +112,9 @@ def test_the_rerankers_read_as_the_policy_says_and_by_default_read_every_node(re
     kept = InvarReranker(core, top_n=3, read_first=2, stop_margin=0.0).postprocess_nodes(
         nodes, QueryBundle(query))
     assert kept[2].node.text == texts[2] and kept[2].score == -math.inf
-    (ranked, tokens), = score_reranker(core, 2, 0.0)([query], [texts], [4])
+    handler = RerankHandler(core, ServiceSettings(read_first=2, stop_margin=0.0))
+    (ranked, tokens, _), = handler.score([query], [texts], [4])
+    handler.batcher.close()
     assert len(ranked) == 4 and ranked[2:] == [(2, -math.inf), (3, -math.inf)]
     assert tokens == core.scorer.tokens_read(query, texts[:2])
 

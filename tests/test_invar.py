@@ -10,20 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from invar_rag_integrations.data import Passage
+from invar_rag_integrations.data import Passage, passage_text
 from invar_rag_integrations.demo import demo_passages
-from invar_rag_integrations.models import load_base_lm
-from invar_rag_integrations.retrieval import (
-    InvarRetriever,
+from invar_rag_integrations.invar import (
     InvarScorer,
     InvarSettings,
-    Retriever,
     ScorerSettings,
+    TwoStageRetriever,
     fused_score,
-    make_retriever,
 )
-from invar_rag_integrations.retrieval.artifacts import load_reranker, read_manifest, save_retriever
-from invar_rag_integrations.retrieval.scorer import Projector, passage_text, resolve_precision
+from invar_rag_integrations.invar.artifacts import load_reranker, save_retriever
+from invar_rag_integrations.invar.precision import resolve_precision
+from invar_rag_integrations.invar.projector import Projector
+from invar_rag_integrations.models import load_base_lm
+from invar_rag_integrations.retrieval import Retriever
+from invar_rag_integrations.system import read_manifest
+from invar_rag_integrations.training.catalog import make_retriever
 
 PASSAGES = [Passage("p1", "Alexander Fleming discovered penicillin in 1928.", "Penicillin"),
             Passage("p2", "Mount Everest is the highest mountain on Earth.", "Everest"),
@@ -55,8 +57,8 @@ def _naive_score(model, tokenizer, scorer: InvarScorer, query: str, passage: Pas
 
 
 @pytest.fixture()
-def zero_shot(tiny_lm_dir: Path, tiny_encoder_dir: Path) -> InvarRetriever:
-    retriever = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+def zero_shot(tiny_lm_dir: Path, tiny_encoder_dir: Path) -> TwoStageRetriever:
+    retriever = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
                                          InvarSettings(candidates=6, read_first=6),
                                          precision="float32",
                                          show_progress=False)
@@ -224,7 +226,7 @@ def test_index_saves_and_loads_with_its_passages(zero_shot, tmp_path: Path) -> N
     assert [sorted(r.ids) for r in found] == [sorted(r.ids) for r in before]
     assert np.allclose([r.scores for r in found], [r.scores for r in before], atol=0.05)
     loaded = Retriever.load(system / "index")  # the index folder alone
-    assert isinstance(loaded, InvarRetriever)
+    assert isinstance(loaded, TwoStageRetriever)
     assert np.allclose(sorted(loaded.search(query, 5)[0].scores), sorted(before[0].scores),
                        atol=0.05)
 
@@ -237,9 +239,9 @@ def test_an_index_of_another_corpus_or_stage1_is_refused(zero_shot, tmp_path: Pa
     lines = (tmp_path / "index" / "passages.jsonl").read_text().splitlines()
     (tmp_path / "index" / "passages.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match="not the corpus this index was built over"):
-        InvarRetriever.from_pretrained(system, index=tmp_path / "index")
+        TwoStageRetriever.from_pretrained(system, index=tmp_path / "index")
     zero_shot.save(tmp_path / "index-rrf")
-    dense_only = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+    dense_only = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
                                           InvarSettings(stage1="minilm", bm25_weight=0.0),
                                           show_progress=False)
     with pytest.raises(ValueError, match="built for stage 1 'rrf'.*uses 'minilm'"):
@@ -248,7 +250,7 @@ def test_an_index_of_another_corpus_or_stage1_is_refused(zero_shot, tmp_path: Pa
     manifest["retriever"]["settings"]["max_passage_tokens"] = 64
     (system / "invar_rag.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="differ from the ones the manifest"):
-        InvarRetriever.from_pretrained(system)  # the settings no longer match the hash
+        TwoStageRetriever.from_pretrained(system)  # the settings no longer match the hash
 
 
 def test_system_dir_with_an_adapter_round_trips_and_checks_its_identity(
@@ -312,7 +314,7 @@ def test_init_system_writes_the_zero_shot_retriever_and_keeps_the_generator_entr
         tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from invar_rag_integrations.cli import main
-    from invar_rag_integrations.retrieval.artifacts import write_manifest
+    from invar_rag_integrations.system import write_manifest
 
     system = tmp_path / "system"
     system.mkdir()
@@ -324,7 +326,7 @@ def test_init_system_writes_the_zero_shot_retriever_and_keeps_the_generator_entr
     assert manifest["generator"] == {"adapter": "generator"}
     assert manifest["retriever"]["adapter"] is None
     assert "init-system" in manifest["training"]["retriever"]["command"]
-    retriever = InvarRetriever.from_pretrained(system, precision="float32", show_progress=False)
+    retriever = TwoStageRetriever.from_pretrained(system, precision="float32", show_progress=False)
     assert retriever.name == "upr-zero-shot"
     assert (retriever.settings.stage1, retriever.settings.candidates,
             retriever.settings.bm25_weight, retriever.settings.read_first) == ("minilm", 4, 0.0, 3)
@@ -357,3 +359,31 @@ def test_a_head_starts_at_zero_reads_the_question_states_and_round_trips(
     (system / "head.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="head.safetensors"):
         load_reranker(system)
+
+
+def test_a_two_stage_query_encodes_once_and_runs_bm25_once(zero_shot) -> None:
+    """Stage 1 hands its query vector and BM25 scores to stage 2: one MiniLM encoding and one
+    BM25 pass per query, for the search and for the fused score's terms."""
+    from invar_rag_integrations.retrieval.stage1 import bm25_part
+
+    zero_shot.index(PASSAGES)
+    calls = {"encode": [], "bm25": 0}
+    encoder, bm25 = zero_shot.coarse_encoder, bm25_part(zero_shot.stage1)._bm25
+    encode, get_scores = encoder.encode, bm25.get_scores
+
+    def counted_encode(texts, *args, **kwargs):
+        calls["encode"].append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    def counted_scores(*args, **kwargs):
+        calls["bm25"] += 1
+        return get_scores(*args, **kwargs)
+
+    encoder.encode, bm25.get_scores = counted_encode, counted_scores
+    try:
+        queries = ["who discovered penicillin", "the highest mountain"]
+        found = zero_shot.search(queries, 2)
+    finally:
+        del encoder.encode, bm25.get_scores
+    assert calls["encode"] == [queries] and calls["bm25"] == len(queries)
+    assert [r.ids[0] for r in found] == [r.ids[0] for r in zero_shot.search(queries, 2)]

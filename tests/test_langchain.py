@@ -23,6 +23,7 @@ from langchain_tests.integration_tests import (  # noqa: E402
 from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
 
 from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.invar import TwoStageRetriever
 from invar_rag_integrations.langchain import (  # noqa: E402
     InvarEmbeddings,
     InvarLLM,
@@ -32,7 +33,6 @@ from invar_rag_integrations.langchain import (  # noqa: E402
 )
 from invar_rag_integrations.langchain.retriever import document_passage  # noqa: E402
 from invar_rag_integrations.rag import InvarRAG  # noqa: E402
-from invar_rag_integrations.retrieval import InvarRetriever as CoreInvarRetriever  # noqa: E402
 
 QUERIES = ["who discovered penicillin", "largest planet in the solar system",
            "deepest lake in the world", "who made the first powered flight",
@@ -46,8 +46,8 @@ def _rag(system: Path) -> InvarRAG:
 
 
 @functools.cache
-def _core(system: Path) -> CoreInvarRetriever:
-    return CoreInvarRetriever.from_pretrained(system, index=None, show_progress=False)
+def _core(system: Path) -> TwoStageRetriever:
+    return TwoStageRetriever.from_pretrained(system, index=None, show_progress=False)
 
 
 class _WithSystem:
@@ -123,12 +123,12 @@ def test_retriever_documents_carry_scores_ids_and_original_metadata(rag: InvarRA
         retriever.invoke("capital of france", top_k=2)
     with pytest.raises(TypeError):
         InvarRetriever(retriever=rag.retriever, search_kwargs={})
-    with pytest.raises(TypeError, match=r"retriever must be a loaded InvarRetriever such as "
-                                        r"InvarRetriever.from_pretrained\(system_dir\)"):
+    with pytest.raises(TypeError, match=r"retriever must be a loaded TwoStageRetriever such as "
+                                        r"TwoStageRetriever.from_pretrained\(system_dir\)"):
         InvarRetriever(retriever="runs/my_system")
     with pytest.raises(TypeError, match="pipeline must be a loaded RAGPipeline"):
         InvarLLM(pipeline="runs/my_system")
-    with pytest.raises(TypeError, match="retriever must be a loaded InvarRetriever"):
+    with pytest.raises(TypeError, match="retriever must be a loaded TwoStageRetriever"):
         InvarEmbeddings(retriever="runs/my_system")
 
 
@@ -149,8 +149,8 @@ def test_compressor_reranks_any_retrievers_documents(rag: InvarRAG) -> None:
         reranker.compress_documents(documents, " ")
     with pytest.raises(ValueError, match="top_n"):
         InvarReranker(retriever=rag.retriever, top_n=0)
-    with pytest.raises(TypeError, match="retriever must be a loaded InvarRetriever or "
-                                        "InvarReranker"):
+    with pytest.raises(TypeError, match="retriever must be a loaded TwoStageRetriever or "
+                                        "Stage2Reranker"):
         InvarReranker(retriever="runs/my_system")
 
     classic = pytest.importorskip("langchain_classic.retrievers")

@@ -24,6 +24,7 @@ from llama_index.core.storage.docstore import SimpleDocumentStore  # noqa: E402
 
 from invar_rag_integrations.data import Passage  # noqa: E402
 from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.invar import TwoStageRetriever
 from invar_rag_integrations.llama_index import (  # noqa: E402
     InvarEmbedding,
     InvarLLM,
@@ -31,7 +32,6 @@ from invar_rag_integrations.llama_index import (  # noqa: E402
     InvarRetriever,
 )
 from invar_rag_integrations.rag import InvarRAG  # noqa: E402
-from invar_rag_integrations.retrieval import InvarRetriever as CoreInvarRetriever  # noqa: E402
 
 QUERIES = ["who discovered penicillin", "largest planet in the solar system",
            "deepest lake in the world", "who made the first powered flight",
@@ -40,8 +40,8 @@ QUERIES = ["who discovered penicillin", "largest planet in the solar system",
 
 
 @pytest.fixture(scope="module")
-def core(tiny_rag_system: Path) -> CoreInvarRetriever:
-    return CoreInvarRetriever.from_pretrained(tiny_rag_system, index=None, show_progress=False)
+def core(tiny_rag_system: Path) -> TwoStageRetriever:
+    return TwoStageRetriever.from_pretrained(tiny_rag_system, index=None, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def nodes() -> list[TextNode]:
     return [TextNode(text=p.text, id_=p.id, metadata={"title": p.title}) for p in demo_passages()]
 
 
-def invar_ranking(core: CoreInvarRetriever, nodes: list[TextNode], query: str,
+def invar_ranking(core: TwoStageRetriever, nodes: list[TextNode], query: str,
                   k: int = 3) -> list[str]:
     """Node ids by the two-stage Invar search over the text LlamaIndex embeds (content + title
     metadata), with a separately indexed core retriever."""
@@ -58,19 +58,19 @@ def invar_ranking(core: CoreInvarRetriever, nodes: list[TextNode], query: str,
     return own.search([query], k)[0].ids
 
 
-def reranked(core: CoreInvarRetriever, nodes: list[TextNode], query: str, top_n: int) -> list[str]:
+def reranked(core: TwoStageRetriever, nodes: list[TextNode], query: str, top_n: int) -> list[str]:
     """Node ids by the Invar scorer fused with the coarse cosine, over exactly these nodes."""
     order = core.reranker.rerank(query, [n.get_content(MetadataMode.EMBED) for n in nodes], top_n)
     return [nodes[i].node_id for i, _ in order]
 
 
 @pytest.fixture(scope="module")
-def retriever(core: CoreInvarRetriever, nodes: list[TextNode]) -> InvarRetriever:
+def retriever(core: TwoStageRetriever, nodes: list[TextNode]) -> InvarRetriever:
     return InvarRetriever(core, nodes=nodes, similarity_top_k=3)
 
 
 def test_retriever_returns_the_core_ranking_as_nodes_with_scores(
-        retriever: InvarRetriever, core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+        retriever: InvarRetriever, core: TwoStageRetriever, nodes: list[TextNode]) -> None:
     results = retriever.retrieve("who discovered penicillin")
     assert len(results) == 3 and all(isinstance(r, NodeWithScore) for r in results)
     assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
@@ -82,7 +82,7 @@ def test_retriever_returns_the_core_ranking_as_nodes_with_scores(
         "who discovered penicillin"))] == expected
 
 
-def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
+def test_retriever_over_a_docstore_and_bad_input(core: TwoStageRetriever,
                                                  nodes: list[TextNode]) -> None:
     docstore = SimpleDocumentStore()
     docstore.add_documents(nodes)
@@ -110,7 +110,7 @@ def test_retriever_over_a_docstore_and_bad_input(core: CoreInvarRetriever,
 
 
 def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(
-        core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+        core: TwoStageRetriever, nodes: list[TextNode]) -> None:
     reranker = InvarReranker(core, top_n=2)
     candidates = [NodeWithScore(node=n.model_copy(deep=True), score=1.0 + i) for i, n in
                   enumerate(nodes[:6])]
@@ -131,7 +131,7 @@ def test_reranker_rescores_keeps_previous_scores_and_handles_edge_cases(
 
 
 def test_embedding_gives_stage1_vectors_and_the_reranker_ranks_the_store_results(
-        core: CoreInvarRetriever, retriever: InvarRetriever, nodes: list[TextNode]) -> None:
+        core: TwoStageRetriever, retriever: InvarRetriever, nodes: list[TextNode]) -> None:
     embedding = InvarEmbedding(core)
     index = VectorStoreIndex(nodes, embed_model=embedding)
     vector = embedding.get_query_embedding("capital of france")
@@ -151,7 +151,7 @@ def test_embedding_gives_stage1_vectors_and_the_reranker_ranks_the_store_results
 
 
 def test_query_engine_answers_with_the_generator_end_to_end(
-        tiny_rag_system: Path, core: CoreInvarRetriever, nodes: list[TextNode]) -> None:
+        tiny_rag_system: Path, core: TwoStageRetriever, nodes: list[TextNode]) -> None:
     rag = InvarRAG.from_pretrained(tiny_rag_system)
     llm = InvarLLM(rag)
     assert llm.metadata.num_output == rag.settings.max_new_tokens

@@ -41,9 +41,9 @@ ARTICLES = {  # the answer ends a long article about something else; another sta
 
 @pytest.fixture(scope="module")
 def core():
-    from invar_rag_integrations.retrieval import InvarRetriever
+    from invar_rag_integrations.invar import TwoStageRetriever
 
-    return InvarRetriever.zero_shot(show_progress=False)
+    return TwoStageRetriever.zero_shot(show_progress=False)
 
 
 def _answer_is_past_the_first_window(core, text: str) -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from invar_rag_integrations.data import Passage
+from invar_rag_integrations.invar import InvarScorer, ScorerSettings
+from invar_rag_integrations.invar.passage_cache import PassageCache
 from invar_rag_integrations.models import load_base_lm
-from invar_rag_integrations.retrieval import InvarScorer, ScorerSettings
-from invar_rag_integrations.retrieval.passage_cache import PassageCache
 
 LONG = " ".join(f"The river {w} flows north past the city of Paris in France." for w in
                 ("Nile", "Seine", "Rhine", "Thames", "Loire", "Danube", "Volga", "Elbe"))
@@ -138,7 +138,7 @@ def test_settings_that_cannot_work_fail_with_the_reason(lm) -> None:
     with pytest.raises(ValueError, match="positive size"):
         _scorer(lm).use_passage_cache(0)
     model, tokenizer = lm
-    from invar_rag_integrations.retrieval.scorer import Projector
+    from invar_rag_integrations.invar.projector import Projector
 
     settings = ScorerSettings(num_soft_tokens=2, projector_hidden=8)
     soft = InvarScorer(model, tokenizer, settings, projector=Projector.for_model(model, 4,

@@ -42,10 +42,11 @@ def test_minilm_loads_offline_and_retrieves_demo_gold_passages(minilm):
 
 
 def test_zero_shot_scorer_ranks_the_answer_passage_first_and_bf16_ranks_like_float32():
-    from invar_rag_integrations.retrieval import InvarRetriever
-    from invar_rag_integrations.retrieval.scorer import InvarScorer, cpu_has_fast_bf16
+    from invar_rag_integrations.invar import TwoStageRetriever
+    from invar_rag_integrations.invar.precision import cpu_has_fast_bf16
+    from invar_rag_integrations.invar.scorer import InvarScorer
 
-    retriever = InvarRetriever.zero_shot(precision="float32", show_progress=False)
+    retriever = TwoStageRetriever.zero_shot(precision="float32", show_progress=False)
     passages = {p.id: p for p in demo_passages()}
     hits = 0
     for question in demo_questions():

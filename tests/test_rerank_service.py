@@ -23,7 +23,7 @@ from invar_rag_integrations.rerank_service import (
     ServiceSettings,
     create_app,
 )
-from invar_rag_integrations.rerank_service.app import score_reranker
+from invar_rag_integrations.rerank_service.handler import RerankHandler
 
 KEY = "test-key"
 MODEL = "invar-reranker"
@@ -38,7 +38,7 @@ DOCS = ["Paris is the capital of France.", "Alexander Fleming discovered penicil
 
 @pytest.fixture(scope="module")
 def core(tiny_rag_system):
-    from invar_rag_integrations.retrieval.artifacts import load_reranker
+    from invar_rag_integrations.invar.artifacts import load_reranker
 
     return load_reranker(tiny_rag_system, precision="float32")[0]
 
@@ -82,7 +82,7 @@ def running(app) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def live(core):
-    hooked = HookedScore(score_reranker(core))
+    hooked = HookedScore(RerankHandler(core, ServiceSettings()).score)
     settings = ServiceSettings(model_name=MODEL, api_key=KEY, max_documents=8,
                                max_document_chars=3000, max_query_chars=200,
                                max_body_bytes=100_000, max_wait_ms=20)
@@ -372,7 +372,7 @@ def test_batcher_settings_out_of_range_fail_with_the_value():
 
 
 def test_the_passage_cache_serves_a_repeated_request_from_cached_states(tiny_rag_system, core):
-    from invar_rag_integrations.retrieval.artifacts import load_reranker
+    from invar_rag_integrations.invar.artifacts import load_reranker
 
     reranker = load_reranker(tiny_rag_system, precision="float32")[0]
     with running(create_app(reranker, ServiceSettings(passage_cache_mb=16))) as url:
@@ -390,7 +390,7 @@ def test_the_passage_cache_serves_a_repeated_request_from_cached_states(tiny_rag
 
 
 def test_early_stop_reads_the_first_documents_and_returns_the_rest_unread_in_order(core):
-    from invar_rag_integrations.rerank_service.app import EMPTY_RELEVANCE
+    from invar_rag_integrations.rerank_service.handler import UNSCORED_IN_JSON
 
     documents = DOCS[:5]
     with running(create_app(core, ServiceSettings(read_first=2, stop_margin=0.0))) as url:
@@ -399,7 +399,7 @@ def test_early_stop_reads_the_first_documents_and_returns_the_rest_unread_in_ord
     results = answer["results"]
     assert {r["index"] for r in results[:2]} == {0, 1}
     assert [(r["index"], r["relevance_score"]) for r in results[2:]] == \
-        [(i, EMPTY_RELEVANCE) for i in (2, 3, 4)]
+        [(i, UNSCORED_IN_JSON) for i in (2, 3, 4)]
     assert answer["usage"]["total_tokens"] == core.scorer.tokens_read(QUERY, documents[:2])
 
 
@@ -477,3 +477,40 @@ def test_the_served_command_drains_a_request_in_flight_on_sigterm_and_exits(tiny
         assert "stopped after answering 2 requests" in log  # 401s are not scored
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("path", "payload", "headers", "status"), [
+    ("/v1/rerank", {}, {}, 401),
+    ("/v2/rerank", {"documents": DOCS[:1] * 9}, AUTH, 413),
+    ("/v1/rerank", {"query": ""}, AUTH, 422),
+    ("/v1/rerank", {"query": "   "}, AUTH, 422),
+    ("/rerank", {"top_n": 9}, AUTH, 422),
+    ("/v1/rerank", {"model": "rerank-english-v3.0"}, AUTH, 404),
+])
+def test_the_openapi_document_describes_what_each_route_answers(live, path, payload, headers,
+                                                                 status):
+    """Each bad input gets a status the route documents, in the body schema documented for it;
+    an empty query is invalid by the schema (minLength) as the service treats it."""
+    from jsonschema import validate
+
+    url, _ = live
+    spec = httpx.get(url + "/openapi.json").json()
+    operation = spec["paths"][path]["post"]
+    request_schema = spec["components"]["schemas"]["RerankRequest"]
+    assert request_schema["properties"]["query"]["minLength"] == 1
+    answer = rerank(url, payload, path, headers=headers)
+    assert answer.status_code == status
+    documented = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+    validate(answer.json(), {**documented, "components": spec["components"]})
+
+
+def test_each_request_is_logged_once(live, caplog):
+    url, _ = live
+    with caplog.at_level("INFO", logger="invar_rag_integrations.rerank_service"):
+        assert rerank(url, {}).status_code == 200
+        assert rerank(url, {"query": "   "}).status_code == 422
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "invar_rag_integrations.rerank_service"]
+    assert len(lines) == 2
+    assert lines[0].startswith("/v1/rerank 200 documents=") and "pairs_read=" in lines[0]
+    assert lines[1].startswith("/v1/rerank 422 ") and "latency_ms=" in lines[1]

@@ -8,12 +8,8 @@ import pytest
 from invar_rag_integrations.data import Passage
 from invar_rag_integrations.demo import demo_passages, demo_questions
 from invar_rag_integrations.models import load_coarse_encoder
-from invar_rag_integrations.retrieval import (
-    BM25Retriever,
-    DenseRetriever,
-    Retriever,
-    make_retriever,
-)
+from invar_rag_integrations.retrieval import BM25Retriever, DenseRetriever, Retriever
+from invar_rag_integrations.training.catalog import make_retriever
 
 
 @pytest.fixture()

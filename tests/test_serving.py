@@ -28,7 +28,7 @@ def test_an_unreachable_server_is_a_clear_error_naming_the_url():
 
 
 def test_a_system_without_adapters_has_nothing_to_serve(tmp_path):
-    from invar_rag_integrations.retrieval.artifacts import read_manifest
+    from invar_rag_integrations.system import read_manifest
 
     manifest = read_manifest(SHIPPED_SYSTEM)
     del manifest["generator"]

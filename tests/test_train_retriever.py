@@ -147,7 +147,7 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
 def test_driver_trains_keeps_the_best_tuning_step_and_indexes(
         tmp_path: Path, retriever_config: Callable[..., Path], odqa_dir: Path) -> None:
     from invar_rag_integrations.cli import main as cli
-    from invar_rag_integrations.retrieval import make_retriever
+    from invar_rag_integrations.training.catalog import make_retriever
 
     config = retriever_config(tmp_path)
     cli(["train-retriever", str(config)])
@@ -176,8 +176,8 @@ def test_driver_trains_on_long_nodes_read_in_windows(
         tmp_path: Path, retriever_config: Callable[..., Path], odqa_dir: Path) -> None:
     from invar_rag_integrations.cli import main as cli
     from invar_rag_integrations.data import load_passages, save_passages
-    from invar_rag_integrations.retrieval import make_retriever
     from invar_rag_integrations.training import retriever_trainer
+    from invar_rag_integrations.training.catalog import make_retriever
 
     corpus = odqa_dir / "odqa" / "corpus.jsonl"  # each topic's passages: one long article
     save_passages(corpus, [Passage(p.id, p.text, p.id.split("-")[0])
@@ -291,12 +291,12 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
                                                   tiny_encoder_dir: Path) -> None:
     from peft import get_peft_model
 
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
     from invar_rag_integrations.models.adapters import lora_config
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
     from invar_rag_integrations.training.losses import InvarRetrievalLoss
     from invar_rag_integrations.training.retriever_trainer import ScorerTrainingModel
 
-    retriever = InvarRetriever.zero_shot(  # long nodes: read as windows, as serving reads them
+    retriever = TwoStageRetriever.zero_shot(  # long nodes: read as windows, as serving reads them
         str(tiny_lm_dir), str(tiny_encoder_dir),
         InvarSettings(candidates=4, cos_weight=0.3, bm25_weight=0.7, max_passage_tokens=16,
                       window_aggregation="softmax", max_windows=2), precision="float32",
@@ -373,8 +373,8 @@ def test_gpu_config_runs_one_step_on_the_tiny_model(tmp_path: Path, tiny_lm_dir:
 @pytest.mark.slow
 def test_a_frozen_lm_trains_the_head_on_cached_outputs(
         tmp_path: Path, retriever_config: Callable[..., Path]) -> None:
-    from invar_rag_integrations.retrieval import make_retriever
     from invar_rag_integrations.training import train_retriever
+    from invar_rag_integrations.training.catalog import make_retriever
 
     config = retriever_config(tmp_path, train_lora=False, head=True, num_train_epochs=3,
                               learning_rate=0.05)
@@ -393,3 +393,34 @@ def test_a_frozen_lm_trains_the_head_on_cached_outputs(
     weights_only = train_retriever.main([str(config), "--head", "false",
                                          "--output_dir", str(tmp_path / "weights")])
     assert make_retriever(str(weights_only)).name == "invar"  # trained: not "upr-zero-shot"
+
+
+def test_training_and_serving_read_nodes_through_one_function(tiny_lm_dir: Path,
+                                                              tiny_encoder_dir: Path,
+                                                              monkeypatch) -> None:
+    """The training model's scores come from ``InvarScorer.read`` with gradients, serving's
+    from the same function under inference mode: no second fan-out, batching or regrouping."""
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
+    from invar_rag_integrations.invar.scorer import InvarScorer
+    from invar_rag_integrations.training.losses import InvarRetrievalLoss
+    from invar_rag_integrations.training.retriever_trainer import ScorerTrainingModel
+
+    retriever = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                            InvarSettings(candidates=2), precision="float32",
+                                            show_progress=False)
+    calls: list[bool] = []
+    read = InvarScorer.read
+
+    def spy(self, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(InvarScorer, "read", spy)
+    retriever.index(list(PASSAGES.values()))
+    retriever.search(["who discovered penicillin"], 2)
+    assert calls == [False]
+    model = ScorerTrainingModel(retriever.reranker, InvarRetrievalLoss(use_invar=False), True, 2)
+    views = [[list(PASSAGES.values())[:2]]]
+    r = model.lm_scores([["who discovered penicillin"]], views, torch.ones(1, 2, dtype=bool),
+                        torch.zeros(1, 1, 4), torch.zeros(1, 2, 4))
+    assert calls == [False, True] and r.shape == (1, 1, 2)

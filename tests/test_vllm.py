@@ -92,9 +92,9 @@ def test_unknown_adapter_names_the_loaded_ones(engine):
 
 
 def test_scorer_through_the_engine_equals_the_hf_scorer(engine):
-    from invar_rag_integrations.retrieval import InvarRetriever
+    from invar_rag_integrations.invar import TwoStageRetriever
 
-    scorer = InvarRetriever.zero_shot(precision="float32", show_progress=False).scorer
+    scorer = TwoStageRetriever.zero_shot(precision="float32", show_progress=False).scorer
     questions = [q.question for q in demo_questions()[:3]]
     candidates = [demo_passages()[:5]] * len(questions)
     expected = scorer.score_batch(questions, candidates)
@@ -134,9 +134,9 @@ def test_the_rerank_service_scores_through_a_vllm_engine_in_the_hf_order(tmp_pat
     import httpx
     from conftest import free_port
 
+    from invar_rag_integrations.data import passage_text
+    from invar_rag_integrations.invar.artifacts import load_reranker
     from invar_rag_integrations.rerank_service import RerankServer
-    from invar_rag_integrations.retrieval.artifacts import load_reranker
-    from invar_rag_integrations.retrieval.scorer import passage_text
 
     documents = [passage_text(p) for p in demo_passages()[:6]]
     documents.append(" ".join(documents))  # longer than the scorer's window: read as windows

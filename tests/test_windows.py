@@ -11,14 +11,11 @@ import pytest
 import torch
 
 from invar_rag_integrations.data import Passage
+from invar_rag_integrations.invar import InvarScorer, ScorerSettings
+from invar_rag_integrations.invar.windows import aggregate, bm25_best_windows
 from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
-from invar_rag_integrations.retrieval import DenseRetriever, InvarScorer, ScorerSettings
-from invar_rag_integrations.retrieval.windows import (
-    aggregate,
-    bm25_best_windows,
-    text_windows,
-    window_spans,
-)
+from invar_rag_integrations.retrieval import DenseRetriever
+from invar_rag_integrations.retrieval.text_windows import text_windows, window_spans
 
 FILLER = "the river flows past the city and the mountain " * 12
 LONG = Passage("long", FILLER + "Alexander Fleming discovered penicillin in 1928.", "Medicine")
@@ -170,9 +167,9 @@ def test_dense_windows_index_long_passages_under_one_id(tiny_encoder_dir,
 
 
 def test_a_vector_store_gets_a_long_texts_mean_window_vector(tiny_lm_dir, tiny_encoder_dir):
-    from invar_rag_integrations.retrieval import InvarRetriever, InvarSettings
+    from invar_rag_integrations.invar import InvarSettings, TwoStageRetriever
 
-    core = InvarRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir), precision="float32",
+    core = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir), precision="float32",
                                     show_progress=False)
     reranker = core.reranker
     reranker.coarse_encoder.max_seq_length = 32

@@ -9,6 +9,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..data import Passage, Question
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -81,6 +83,16 @@ def accuracy_by_dataset(datasets: Sequence[str], hits: Sequence[bool]) -> dict[s
     table = {d: sum(h) / len(h) for d, h in grouped.items()}
     table["mean"] = sum(table.values()) / len(table)
     return table
+
+
+def tuning_accuracy(questions: Sequence[Question], firsts: Sequence[Passage | str],
+                    ) -> dict[str, float]:
+    """Acc@1 per dataset and their mean (``mean``) when each question's first passage is
+    ``firsts[i]``: what every tuning curve compares."""
+    return accuracy_by_dataset(
+        [q.dataset for q in questions],
+        [has_answer(q.answers, p if isinstance(p, str) else p.full_text())
+         for q, p in zip(questions, firsts)])
 
 
 def normalize_answer(text: str) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..data import Question
-from ..rag import Answer, RAGPipeline, Source
 from .metrics import exact_match, f1_score
+
+if TYPE_CHECKING:
+    from ..rag import Answer, RAGPipeline, Source
 
 QA_DATASETS = ("nq", "popqa_longtail", "triviaqa_dev")
 
@@ -85,7 +88,7 @@ def compare_systems(system_dir: str, questions: Sequence[Question], passages: Se
     """
     from ..generation.artifacts import GENERATOR_ADAPTER
     from ..paths import cache_dir
-    from ..rag import InvarRAG
+    from ..rag import InvarRAG, RAGPipeline
     from ..retrieval import DenseRetriever
     from ..retrieval.search_cache import cached_search
 

@@ -15,14 +15,7 @@ from typing import Any
 
 from ..models.adapters import check_lora, lora_config
 from ..models.registry import hash_file
-from ..retrieval.artifacts import (
-    FORMAT,
-    MANIFEST,
-    is_system_dir,
-    model_identity,
-    read_manifest,
-    write_stage,
-)
+from ..system import FORMAT, MANIFEST, is_system_dir, model_identity, read_manifest, write_stage
 from .prompts import PromptTemplate
 
 GENERATOR_ADAPTER = "generator"

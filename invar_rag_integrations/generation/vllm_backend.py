@@ -301,7 +301,7 @@ def score_through_vllm(scorer: Any, system_dir: str | os.PathLike[str],
         system_dir: The system it was loaded from.
         **overrides: ``vllm.LLM`` arguments (e.g. from :func:`engine_flags`).
     """
-    from ..retrieval.artifacts import base_of
+    from ..system import base_of
 
     base = base_of(scorer.lm).invar_source
     adapters = {scorer.adapter: Path(system_dir) / scorer.adapter} if scorer.adapter else {}

@@ -12,11 +12,11 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, PrivateAttr
 
+from ..invar.checks import stage2_of
+from ..invar.early_stop import STOP_MARGIN, check_policy
+from ..invar.reranker import Stage2Reranker
+from ..invar.two_stage import TwoStageRetriever
 from ..retrieval.base import check_k, check_text
-from ..retrieval.early_stop import STOP_MARGIN, check_policy
-from ..retrieval.invar_retriever import InvarReranker as CoreReranker
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
-from ..retrieval.invar_retriever import stage2_of
 from .retriever import document_id, document_passage
 
 
@@ -38,9 +38,9 @@ class InvarReranker(BaseDocumentCompressor):
     top_n: int = 3
     read_first: int | None = None
     stop_margin: float = STOP_MARGIN
-    _core: CoreReranker = PrivateAttr()
+    _core: Stage2Reranker = PrivateAttr()
 
-    def __init__(self, *, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 3,
+    def __init__(self, *, retriever: TwoStageRetriever | Stage2Reranker, top_n: int = 3,
                  read_first: int | None = None, stop_margin: float = STOP_MARGIN):
         if read_first is not None:
             check_policy(read_first, stop_margin)
@@ -50,7 +50,7 @@ class InvarReranker(BaseDocumentCompressor):
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:
-        return cls(retriever=CoreInvarRetriever.from_pretrained(system_dir, index=None,
+        return cls(retriever=TwoStageRetriever.from_pretrained(system_dir, index=None,
                                                                 show_progress=False), **kwargs)
 
     def compress_documents(self, documents: Sequence[Document], query: str,

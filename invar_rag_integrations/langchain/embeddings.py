@@ -14,9 +14,9 @@ import os
 
 from langchain_core.embeddings import Embeddings
 
+from ..invar.checks import check_two_stage
+from ..invar.two_stage import TwoStageRetriever
 from ..retrieval.base import check_text
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
-from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbeddings(Embeddings):
@@ -28,12 +28,12 @@ class InvarEmbeddings(Embeddings):
         system_dir: a trained system directory to load it from.
     """
 
-    def __init__(self, retriever: CoreInvarRetriever | None = None,
+    def __init__(self, retriever: TwoStageRetriever | None = None,
                  system_dir: str | os.PathLike[str] | None = None):
         if (retriever is None) == (system_dir is None):
             raise ValueError("give exactly one of retriever or system_dir")
-        self.retriever = check_invar_retriever(retriever) if retriever is not None else \
-            CoreInvarRetriever.from_pretrained(system_dir, index=None, show_progress=False)
+        self.retriever = check_two_stage(retriever) if retriever is not None else \
+            TwoStageRetriever.from_pretrained(system_dir, index=None, show_progress=False)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         for text in texts:

@@ -17,8 +17,8 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import PrivateAttr
 
 from ..data import Passage
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
-from ..retrieval.invar_retriever import check_invar_retriever
+from ..invar.checks import check_two_stage
+from ..invar.two_stage import TwoStageRetriever
 
 
 def document_id(document: Document) -> str:
@@ -51,12 +51,12 @@ class InvarRetriever(BaseRetriever):
     """
 
     k: int = 4
-    _core: CoreInvarRetriever = PrivateAttr()
+    _core: TwoStageRetriever = PrivateAttr()
     _originals: dict[str, Document] = PrivateAttr(default_factory=dict)
 
-    def __init__(self, *, retriever: CoreInvarRetriever, k: int = 4,
+    def __init__(self, *, retriever: TwoStageRetriever, k: int = 4,
                  tags: list[str] | None = None, metadata: dict[str, Any] | None = None):
-        core = check_invar_retriever(retriever)
+        core = check_two_stage(retriever)
         super().__init__(k=core.check_depth(k), tags=tags, metadata=metadata)
         self._core = core
         if not core.passage_ids:
@@ -64,14 +64,14 @@ class InvarRetriever(BaseRetriever):
 
     @classmethod
     def from_documents(cls, documents: Sequence[Document],
-                       retriever: CoreInvarRetriever | str | os.PathLike[str],
+                       retriever: TwoStageRetriever | str | os.PathLike[str],
                        **kwargs: Any) -> InvarRetriever:
         """Index ``documents`` with a core retriever (its model is shared; its own index is left
         alone) or with the retriever of the system in directory ``retriever``."""
         if isinstance(retriever, (str, os.PathLike)):
-            retriever = CoreInvarRetriever.from_pretrained(retriever, index=None,
+            retriever = TwoStageRetriever.from_pretrained(retriever, index=None,
                                                            show_progress=False)
-        core = check_invar_retriever(retriever).unindexed()
+        core = check_two_stage(retriever).unindexed()
         ids = [document_id(d) for d in documents]
         core.index([document_passage(d, i) for d, i in zip(documents, ids)])
         wrapper = cls(retriever=core, **kwargs)
@@ -79,7 +79,7 @@ class InvarRetriever(BaseRetriever):
         return wrapper
 
     @property
-    def core(self) -> CoreInvarRetriever:
+    def core(self) -> TwoStageRetriever:
         return self._core
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,

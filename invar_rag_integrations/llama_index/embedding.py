@@ -16,9 +16,9 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 
+from ..invar.checks import check_two_stage
+from ..invar.two_stage import TwoStageRetriever
 from ..retrieval.base import check_k, check_text
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
-from ..retrieval.invar_retriever import check_invar_retriever
 
 
 class InvarEmbedding(BaseEmbedding):
@@ -31,11 +31,11 @@ class InvarEmbedding(BaseEmbedding):
         embed_batch_size: Texts per batch when embedding nodes.
     """
 
-    _core: CoreInvarRetriever = PrivateAttr()
+    _core: TwoStageRetriever = PrivateAttr()
 
-    def __init__(self, retriever: CoreInvarRetriever, embed_batch_size: int = 16,
+    def __init__(self, retriever: TwoStageRetriever, embed_batch_size: int = 16,
                  callback_manager: CallbackManager | None = None):
-        retriever = check_invar_retriever(retriever)
+        retriever = check_two_stage(retriever)
         super().__init__(model_name=f"invar-stage1:{retriever.settings.stage1}",
                          embed_batch_size=check_k(embed_batch_size, "embed_batch_size"),
                          callback_manager=callback_manager)
@@ -44,7 +44,7 @@ class InvarEmbedding(BaseEmbedding):
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str],
                         **kwargs: Any) -> InvarEmbedding:
-        return cls(CoreInvarRetriever.from_pretrained(system_dir, show_progress=False), **kwargs)
+        return cls(TwoStageRetriever.from_pretrained(system_dir, show_progress=False), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:

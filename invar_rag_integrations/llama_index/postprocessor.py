@@ -10,11 +10,11 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from ..invar.checks import stage2_of
+from ..invar.early_stop import STOP_MARGIN, check_policy
+from ..invar.reranker import Stage2Reranker
+from ..invar.two_stage import TwoStageRetriever
 from ..retrieval.base import check_k, check_text
-from ..retrieval.early_stop import STOP_MARGIN, check_policy
-from ..retrieval.invar_retriever import InvarReranker as CoreReranker
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
-from ..retrieval.invar_retriever import stage2_of
 from ._convert import node_text
 
 KEPT_SCORE = "retrieval_score"
@@ -38,9 +38,9 @@ class InvarReranker(BaseNodePostprocessor):
     top_n: int = Field(description="Number of nodes to return sorted by score.")
     read_first: int | None = Field(default=None, description="Early stop: nodes read first.")
     stop_margin: float = Field(default=STOP_MARGIN, description="Early stop: the clear lead.")
-    _core: CoreReranker = PrivateAttr()
+    _core: Stage2Reranker = PrivateAttr()
 
-    def __init__(self, retriever: CoreInvarRetriever | CoreReranker, top_n: int = 2,
+    def __init__(self, retriever: TwoStageRetriever | Stage2Reranker, top_n: int = 2,
                  read_first: int | None = None, stop_margin: float = STOP_MARGIN):
         if read_first is not None:
             check_policy(read_first, stop_margin)
@@ -50,7 +50,7 @@ class InvarReranker(BaseNodePostprocessor):
 
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarReranker:
-        return cls(CoreInvarRetriever.from_pretrained(system_dir, index=None,
+        return cls(TwoStageRetriever.from_pretrained(system_dir, index=None,
                                                       show_progress=False), **kwargs)
 
     @classmethod

@@ -12,8 +12,8 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.storage.docstore.types import BaseDocumentStore
 
+from ..invar.two_stage import TwoStageRetriever
 from ..retrieval.base import Retriever, check_instance, check_k
-from ..retrieval.invar_retriever import InvarRetriever as CoreInvarRetriever
 from ._convert import node_passages
 
 
@@ -39,9 +39,9 @@ class InvarRetriever(BaseRetriever):
         if not nodes:
             raise ValueError("no nodes to retrieve from")
         self.similarity_top_k = retriever.check_depth(similarity_top_k, "similarity_top_k") \
-            if isinstance(retriever, CoreInvarRetriever) \
+            if isinstance(retriever, TwoStageRetriever) \
             else check_k(similarity_top_k, "similarity_top_k")
-        self._core = retriever.unindexed() if isinstance(retriever, CoreInvarRetriever) \
+        self._core = retriever.unindexed() if isinstance(retriever, TwoStageRetriever) \
             else retriever
         self._core.index(node_passages(nodes))
         self._nodes = {n.node_id: n for n in nodes}
@@ -50,7 +50,7 @@ class InvarRetriever(BaseRetriever):
     @classmethod
     def from_pretrained(cls, system_dir: str | os.PathLike[str], **kwargs: Any) -> InvarRetriever:
         """Load the trained retriever of a system directory, then index ``nodes``/``docstore``."""
-        return cls(CoreInvarRetriever.from_pretrained(system_dir, index=None,
+        return cls(TwoStageRetriever.from_pretrained(system_dir, index=None,
                                                       show_progress=False), **kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -6,27 +6,33 @@ LangChain ``CohereRerank``) can call it with a ``base_url``.
 - :mod:`.settings`: :class:`ServiceSettings` (limits, API key, batching);
 - :mod:`.batcher`: :class:`RequestBatcher`, requests gathered across clients into one scorer
   call in a worker thread;
-- :mod:`.app`: :func:`create_app`, the FastAPI application;
+- :mod:`.handler`: :class:`RerankHandler`, the one object behind the routes (limits, scoring,
+  answers, a log line per request);
+- :mod:`.app`: :func:`create_app`, thin FastAPI routes over it;
 - :mod:`.server`: :func:`serve_rerank` (``invar-rag serve SYSTEM --rerank``) and
   :class:`RerankServer`, the same as a managed child process.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-_EXPORTS = {"create_app": "app", "RequestBatcher": "batcher", "RerankServer": "server",
-            "serve_rerank": "server", "ServiceSettings": "settings"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["RequestBatcher", "RerankServer", "ServiceSettings", "create_app", "serve_rerank"]
 
 
 def __getattr__(name: str) -> Any:
     """Import on first use, so the command line reads the settings without the web stack."""
-    if name not in _EXPORTS:
+    if name == "ServiceSettings":
+        from .settings import ServiceSettings
+
+        return ServiceSettings
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from .._optional import require
 
     for module in ("fastapi", "uvicorn"):
         require(module, "serve")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    from . import app, batcher, server
+
+    return getattr({"create_app": app, "RequestBatcher": batcher, "RerankServer": server,
+                    "serve_rerank": server}[name], name)

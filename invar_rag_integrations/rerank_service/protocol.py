@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    query: str
+    query: str = Field(min_length=1)
     documents: list[str | RerankDocument]
     model: str | None = None
     top_n: int | None = Field(default=None, ge=0)
@@ -78,7 +78,7 @@ class TEIRerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    query: str
+    query: str = Field(min_length=1)
     texts: list[str]
     return_text: bool = False
 
@@ -94,6 +94,26 @@ class TEIRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+
+
+def tei_ranks(answer: RerankResponse) -> list[TEIRank]:
+    """A Cohere / Jina answer as text-embeddings-inference gives it: every text's index and
+    score, best first."""
+    return [TEIRank(index=r.index, score=r.relevance_score,
+                    text=r.document.text if r.document else None) for r in answer.results]
+
+
+class ErrorBody(BaseModel):
+    """The body of an error answer: what went wrong, naming the limit or the field."""
+
+    detail: str
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422 answer: the request's fields that do not fit the schema (a list), or a value the
+    scorer cannot take, e.g. a query without words (a message)."""
+
+    detail: list[dict[str, Any]] | str
 
 
 class ModelCard(BaseModel):

@@ -44,7 +44,7 @@ def serve_rerank(system_dir: str | os.PathLike[str], host: str = DEFAULT_HOST,
     """
     import uvicorn
 
-    from ..retrieval.artifacts import load_reranker
+    from ..invar.artifacts import load_reranker
     from . import create_app  # the serve extra, or its install hint
 
     settings = settings or ServiceSettings()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..retrieval.early_stop import STOP_MARGIN, check_policy
+from ..invar.early_stop import STOP_MARGIN, check_policy
 from .batcher import check_batching
 
 API_KEY_VARIABLE = "INVAR_RAG_API_KEY"  # read by `invar-rag serve` when --api-key is not given

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..data import Passage, check_corpus, save_passages
 
 MANIFEST = "retriever.json"
@@ -146,7 +148,13 @@ class Retriever(ABC):
         config = read_saved_manifest(path)
         kind = config.pop("kind", None)
         if kind not in Retriever._registry:
-            raise ValueError(f"{path / MANIFEST}: unknown retriever kind {kind!r}; "
+            from . import stage1_modules
+
+            stage1_modules()  # register every stage-1 kind
+        if kind not in Retriever._registry:
+            hint = " (an Invar index: import invar_rag_integrations.invar, or load it " \
+                   "with catalog.make_retriever)" if kind == "invar" else ""
+            raise ValueError(f"{path / MANIFEST}: unknown retriever kind {kind!r}{hint}; "
                              f"known: {sorted(Retriever._registry)}")
         retriever = Retriever._registry[kind]._load_state(path, config)
         retriever.passage_ids = read_saved_ids(path)
@@ -166,3 +174,9 @@ class Retriever(ABC):
     @abstractmethod
     def _load_state(cls, path: Path, config: dict[str, Any]) -> Retriever:
         """Rebuild a retriever from its folder and manifest settings."""
+
+
+def top_k(ids: Sequence[str], scores: np.ndarray, k: int) -> SearchResult:
+    """The ``k`` best of ``ids`` by ``scores``, best first (ties keep the given order)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return SearchResult([ids[i] for i in order], [float(scores[i]) for i in order])

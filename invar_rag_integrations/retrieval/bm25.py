@@ -50,24 +50,36 @@ class BM25Retriever(Retriever):
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b)
         self._bm25.index(self._tokenize([p.full_text() for p in passages], True))
 
-    def _search(self, queries: list[str], k: int) -> list[SearchResult]:
+    def corpus_scores(self, queries: list[str]) -> list[np.ndarray]:
+        """Per query, the BM25 score of every indexed passage (in index order): what search
+        ranks and :meth:`relative_scores` divides, computed once for both."""
         tokens = self._tokenize(queries, False)
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=len(queries) > 100,
-                                           n_threads=0)
-        ids = self.passage_ids
-        return [SearchResult([ids[int(d)] for d in row], [float(s) for s in srow])
-                for row, srow in zip(np.asarray(docs), np.asarray(scores))]
+        empty = np.zeros(len(self.passage_ids), dtype=self._bm25.dtype)
+        return [self._bm25.get_scores(list(t)) if len(t) else empty for t in tokens]
 
-    def relative_scores(self, queries: list[str],
-                        ids: list[list[str]]) -> list[np.ndarray]:
+    def top(self, scores: np.ndarray, k: int) -> SearchResult:
+        """The ``k`` best passages by one query's :meth:`corpus_scores` (bm25s's own selection,
+        so the order is what ``BM25.retrieve`` gives)."""
+        from bm25s.selection import topk
+
+        best, rows = topk(scores, k=k, sorted=True)
+        ids = self.passage_ids
+        return SearchResult([ids[int(r)] for r in rows], [float(s) for s in best])
+
+    def _search(self, queries: list[str], k: int) -> list[SearchResult]:
+        return [self.top(scores, k) for scores in self.corpus_scores(queries)]
+
+    def relative_scores(self, queries: list[str], ids: list[list[str]],
+                        scores: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Each query's BM25 score of the passages ``ids``, divided by its best score over the
-        whole corpus (so in ``[0, 1]`` whatever the query's length)."""
+        whole corpus (so in ``[0, 1]`` whatever the query's length); ``scores``: the queries'
+        :meth:`corpus_scores`, when already computed."""
         rows = {pid: i for i, pid in enumerate(self.passage_ids)}
         out = []
-        for tokens, wanted in zip(self._tokenize(queries, False), ids):
-            scores = self._bm25.get_scores(list(tokens))
-            best = float(scores.max()) if len(scores) else 0.0
-            picked = np.array([scores[rows[i]] for i in wanted], dtype=np.float32)
+        for found, wanted in zip(scores if scores is not None else self.corpus_scores(queries),
+                                 ids):
+            best = float(found.max()) if len(found) else 0.0
+            picked = np.array([found[rows[i]] for i in wanted], dtype=np.float32)
             out.append(picked / best if best > 0 else np.zeros_like(picked))
         return out
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Passage
+from ..data import Passage, passage_text
+from ..retrieval.base import top_k
+from ..retrieval.stage1 import dense_part, make_stage1
 from .base import Retriever, SearchResult, check_k
-from .invar_retriever import dense_part, make_stage1, top_k
-from .scorer import passage_text
 
 MODEL_DIR = "cross_encoder"
 STAGE1_DIR = "stage1"

@@ -12,7 +12,7 @@ from ..data import Passage
 from ..models import DEFAULT_COARSE_ENCODER, load_coarse_encoder
 from .base import Retriever, SearchResult
 from .embedding_cache import cached_embeddings
-from .windows import text_windows
+from .text_windows import text_windows
 
 
 def encoder_identity(encoder: Any) -> str | None:
@@ -33,7 +33,7 @@ class DenseRetriever(Retriever):
     """Cosine-similarity retrieval with normalised embeddings in a FAISS ``IndexFlatIP``.
 
     With ``windows``, a passage longer than the encoder reads (MiniLM: 256 word pieces) is
-    indexed as several windows of its text (``windows.text_windows``, 3/4 of the limit apart)
+    indexed as several windows of its text (``text_windows.text_windows``, 3/4 of the limit apart)
     under one id, and scores as its best window; without, the encoder reads its beginning only.
 
     Args:

@@ -57,7 +57,15 @@ class FusionRetriever(Retriever):
             retriever.index(passages)
 
     def _search(self, queries: list[str], k: int) -> list[SearchResult]:
-        per_child = [r.search(queries, max(k, self.depth)) for r in self.retrievers]
+        return self.fuse([r.search(queries, self.child_depth(k)) for r in self.retrievers], k)
+
+    def child_depth(self, k: int) -> int:
+        """How deep each child is searched for ``k`` fused results."""
+        return max(k, self.depth)
+
+    def fuse(self, per_child: Sequence[Sequence[SearchResult]], k: int) -> list[SearchResult]:
+        """Each query's top ``k`` by RRF over its children's results (searched to
+        :meth:`child_depth`, in the order of ``retrievers``)."""
         return [reciprocal_rank_fusion(rankings, k, self.rrf_k) for rankings in zip(*per_child)]
 
     def _save_state(self, path: Path) -> dict[str, Any]:

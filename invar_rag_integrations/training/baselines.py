@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, first_hit_rank
+from invar_rag_integrations.evaluation.metrics import tuning_accuracy
 
 from .candidates import mine_candidates
 from .cross_encoder import CrossEncoderSettings, train_cross_encoder
@@ -93,15 +93,6 @@ def mine_examples(questions: Sequence[Question], passages: Sequence[Passage],
     return examples
 
 
-def tuning_accuracy(questions: Sequence[Question], ranked: Sequence[Sequence[str]],
-                    passages: dict[str, Passage]) -> dict[str, float]:
-    """Acc@1 per dataset and their mean (``mean``) for ranked passage ids."""
-    return accuracy_by_dataset(
-        [q.dataset for q in questions],
-        [first_hit_rank(q.answers, [passages[i].full_text() for i in ids[:1]]) == 0
-         for q, ids in zip(questions, ranked)])
-
-
 # --- minilm-adapter ---------------------------------------------------------------------------
 
 
@@ -115,7 +106,6 @@ def train_query_adapter(train: Sequence[Example], tune: Sequence[Question],
 
     torch.manual_seed(settings.seed)
     rows = {p.id: i for i, p in enumerate(passages)}
-    by_id = {p.id: p for p in passages}
     dim = corpus.shape[1]
     weight = torch.zeros(dim, dim, requires_grad=True)
     bias = torch.zeros(dim, requires_grad=True)
@@ -133,7 +123,7 @@ def train_query_adapter(train: Sequence[Example], tune: Sequence[Question],
     def tuning() -> dict[str, float]:
         with torch.no_grad():
             best = (adapted(tune_q) @ docs.T).argmax(-1).tolist()
-        return tuning_accuracy(tune, [[passages[i].id] for i in best], by_id)
+        return tuning_accuracy(tune, [passages[i] for i in best])
 
     curve = [{"epoch": 0, **tuning()}]
     best = (curve[0]["mean"], weight.detach().clone(), bias.detach().clone())
@@ -177,8 +167,8 @@ def train_minilm_ft(train: Sequence[Example], tune: Sequence[Question],
     )
     from transformers import TrainerCallback
 
+    from invar_rag_integrations.invar.precision import cpu_has_fast_bf16
     from invar_rag_integrations.models import load_coarse_encoder
-    from invar_rag_integrations.retrieval.scorer import cpu_has_fast_bf16
 
     by_id = {p.id: p for p in passages}
     rng = random.Random(settings.seed)
@@ -199,7 +189,7 @@ def train_minilm_ft(train: Sequence[Example], tune: Sequence[Question],
                                normalize_embeddings=True)
         ranked = [[pool[int(np.argmax([vectors[i] @ q for i in pool]))]]
                   for pool, q in zip(pools, queries)]
-        return tuning_accuracy(tune, ranked, by_id)
+        return tuning_accuracy(tune, [by_id[r[0]] for r in ranked])
 
     curve = [{"epoch": 0, **tuning()}]
     print(f"minilm-ft tuning Acc@1 at epoch 0: {curve[-1]}", file=sys.stderr, flush=True)

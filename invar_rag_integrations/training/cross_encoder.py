@@ -126,11 +126,10 @@ def train_cross_encoder(train: Sequence[Any], tune: Sequence[Question],
     )
     from transformers import TrainerCallback
 
+    from invar_rag_integrations.evaluation.metrics import tuning_accuracy
+    from invar_rag_integrations.invar.precision import cpu_has_fast_bf16
     from invar_rag_integrations.models.registry import resolve_coarse_encoder
     from invar_rag_integrations.retrieval.cross_encoder import load_cross_encoder
-    from invar_rag_integrations.retrieval.scorer import cpu_has_fast_bf16
-
-    from .baselines import tuning_accuracy
 
     by_id = {p.id: p for p in passages}
     torch.manual_seed(settings.seed)
@@ -146,7 +145,7 @@ def train_cross_encoder(train: Sequence[Any], tune: Sequence[Question],
         for pool in pools:
             ranked.append([pool[int(np.argmax(scores[start : start + len(pool)]))]])
             start += len(pool)
-        return tuning_accuracy(tune, ranked, by_id)
+        return tuning_accuracy(tune, [by_id[r[0]] for r in ranked])
 
     best_dir = output / "best"
     curve = [{"step": 0, "seconds": 0.0, **tuning()}]

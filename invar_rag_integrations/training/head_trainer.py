@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from invar_rag_integrations.data import Passage
 from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset
-from invar_rag_integrations.retrieval.scorer import InvarScorer, zero_head
+from invar_rag_integrations.invar.projector import zero_head
+from invar_rag_integrations.invar.scorer import InvarScorer
 
 from .losses import InvarRetrievalLoss
 from .retriever_trainer import FusionWeights
@@ -140,7 +141,7 @@ class HeadScore(nn.Module):
         return self.weights(lm, data.cosine[rows], data.bm25[rows])
 
 
-def tuning_accuracy(model: HeadScore, tune: FeatureSet) -> dict[str, float]:
+def head_accuracy(model: HeadScore, tune: FeatureSet) -> dict[str, float]:
     """Acc@1 per dataset (and their mean) of the fused score on the tuning candidates."""
     with torch.no_grad():
         scores = model(tune)[:, 0].masked_fill(~tune.mask, -1e9)
@@ -171,7 +172,7 @@ def train_head(train: FeatureSet, tune: FeatureSet | None, loss: InvarRetrievalL
             row["loss"] = round(float(np.mean(losses)), 5)
         row.update(model.weights.values())
         if tune is not None:
-            row.update({k: round(v, 4) for k, v in tuning_accuracy(model, tune).items()})
+            row.update({k: round(v, 4) for k, v in head_accuracy(model, tune).items()})
         curve.append(row)
         print(f"head epoch {epoch}: {row}", file=sys.stderr, flush=True)
         score = row.get("mean", -float(row.get("loss", 0.0)))

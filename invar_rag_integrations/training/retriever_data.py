@@ -221,3 +221,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             "query_coarse": torch.from_numpy(np.stack([it["query_coarse"] for it in items])),
             "passage_coarse": passage_coarse, "cosine": cosine, "bm25": bm25, "mask": mask,
             "positives": positives, "lm_logprobs": lm}
+
+
+def bm25_feature(retriever: Any, queries: list[str], ids: list[list[str]]) -> list[np.ndarray]:
+    """The BM25 feature of the candidates when stage 1 has BM25, else zeros."""
+    found = retriever.bm25_term(queries, ids)
+    return found if found is not None else [np.zeros(len(i), np.float32) for i in ids]

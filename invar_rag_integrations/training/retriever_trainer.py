@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from transformers import TrainerCallback
 
 from invar_rag_integrations.data import Passage, Question
-from invar_rag_integrations.evaluation.metrics import accuracy_by_dataset, has_answer
-from invar_rag_integrations.retrieval.invar_retriever import InvarReranker, fused_score
-from invar_rag_integrations.retrieval.windows import aggregate
+from invar_rag_integrations.evaluation.metrics import tuning_accuracy
+from invar_rag_integrations.invar.fusion import fused_score
+from invar_rag_integrations.invar.reranker import Stage2Reranker
 
 from .losses import InvarRetrievalLoss
 
@@ -77,7 +77,7 @@ class ScorerTrainingModel(nn.Module):
         micro_batch: Query-passage pairs per forward pass.
     """
 
-    def __init__(self, reranker: InvarReranker, loss: InvarRetrievalLoss,
+    def __init__(self, reranker: Stage2Reranker, loss: InvarRetrievalLoss,
                  learn_weights: bool = True, micro_batch: int = 16):
         super().__init__()
         self.reranker, self.loss, self.micro_batch = reranker, loss, micro_batch
@@ -90,42 +90,25 @@ class ScorerTrainingModel(nn.Module):
 
     def lm_scores(self, variants: list[list[str]], views: list[list[list[Passage | str]]],
                   mask: Tensor, query_coarse: Tensor, passage_coarse: Tensor) -> Tensor:
-        """``r`` of shape ``[B, V, C]`` (zero where ``mask`` is false), with gradients; coarse
-        vectors ``[B, V, d]`` and ``[B, C, d]`` feed the soft tokens when there are any. Each
-        view is read in the windows serving reads (``ScorerTokens.windows``) and its windows'
-        scores aggregated as serving aggregates them."""
-        scorer = self.reranker.scorer
-        settings = scorer.settings
+        """``r`` of shape ``[B, V, C]`` (zero where ``mask`` is false), with gradients, from
+        the scorer's one reading (:meth:`InvarScorer.read`, the function serving runs under
+        inference mode); coarse vectors ``[B, V, d]`` and ``[B, C, d]`` feed the soft tokens
+        when there are any."""
         batch, count, width = len(variants), len(variants[0]), mask.shape[1]
-        cells, owners, windows = [], [], []  # owners: the cell of each window read
-        for b in range(batch):
-            for v in range(count):
-                candidates = [views[b][v][c] for c in range(width) if mask[b, c]]
-                read, _ = scorer.tokens.windows(variants[b][v], candidates)
-                for c, node_windows in enumerate(read):
-                    if not node_windows:  # candidate_set leaves such passages out
-                        raise ValueError(f"candidate {c} of training example {b} has no text")
-                    owners += [len(cells)] * len(node_windows)
-                    windows += node_windows
-                    cells.append((b, v, c))
-        questions = {(b, v): scorer.tokens.question(variants[b][v])
-                     for b in range(batch) for v in range(count)}
-        values = []
-        for start in range(0, len(windows), self.micro_batch):
-            chunk = [cells[o] for o in owners[start : start + self.micro_batch]]
-            rows = torch.tensor([b for b, _, _ in chunk])
-            values.append(scorer.pair_scores(
-                [questions[b, v] for b, v, _ in chunk], windows[start : start + self.micro_batch],
-                query_coarse[rows, torch.tensor([v for _, v, _ in chunk])],
-                passage_coarse[rows, torch.tensor([c for _, _, c in chunk])]))
-        flat = torch.cat(values)
-        bounds = torch.tensor(owners).bincount(minlength=len(cells)).tolist()
-        per_cell = torch.stack([aggregate(part, settings.window_aggregation,
-                                          settings.window_temperature)
-                                for part in flat.split(bounds)])
-        index = torch.tensor([(b * count + v) * width + c for b, v, c in cells])
-        return per_cell.new_zeros(batch * count * width).index_put((index,), per_cell).view(
-            batch, count, width)
+        cells = [(b, v) for b in range(batch) for v in range(count)]
+        kept = [[c for c in range(width) if mask[b, c]] for b in range(batch)]
+        reading = self.reranker.scorer.read(
+            [variants[b][v] for b, v in cells],
+            [[views[b][v][c] for c in kept[b]] for b, v in cells],
+            query_coarse.reshape(batch * count, -1),
+            [passage_coarse[b, kept[b]] for b, _ in cells], batch_size=self.micro_batch)
+        r = torch.zeros((batch, count, width), device=reading.scores[0].device)
+        for (b, v), scores in zip(cells, reading.scores):
+            if torch.isinf(scores).any():  # candidate_set leaves such passages out
+                raise ValueError(f"a candidate of training example {b} has no text")
+            r = r.index_put((torch.tensor([b]), torch.tensor([v]), torch.tensor(kept[b])),
+                            scores)
+        return r
 
     def forward(self, variants: list[list[str]], views: list[list[list[Passage | str]]],
                 query_coarse: Tensor, passage_coarse: Tensor, cosine: Tensor, bm25: Tensor,
@@ -166,21 +149,21 @@ class LossTermsCallback(TrainerCallback):
             logs.update(self.model.weights.values())
 
 
-def tuning_accuracy(model: ScorerTrainingModel, questions: Sequence[Question],
-                    candidates: Sequence[Sequence[Passage]], query_coarse: np.ndarray,
-                    passage_coarse: Sequence[np.ndarray], cosines: Sequence[np.ndarray],
-                    bm25: Sequence[np.ndarray]) -> dict[str, float]:
+def fused_accuracy(model: ScorerTrainingModel, questions: Sequence[Question],
+                   candidates: Sequence[Sequence[Passage]], query_coarse: np.ndarray,
+                   passage_coarse: Sequence[np.ndarray], cosines: Sequence[np.ndarray],
+                   bm25: Sequence[np.ndarray]) -> dict[str, float]:
     """Acc@1 per dataset (and their mean) of the fused score over the tuning candidates."""
     scorer = model.reranker.scorer
     lm = scorer.score_batch([q.question for q in questions], candidates, query_coarse,
                             passage_coarse)
-    hits = []
-    for q, cands, r, cosine, b in zip(questions, candidates, lm, cosines, bm25):
+    firsts = []
+    for cands, r, cosine, b in zip(candidates, lm, cosines, bm25):
         with torch.no_grad():
             s = model.weights(torch.from_numpy(r), torch.from_numpy(cosine),
                               torch.from_numpy(b)).numpy()
-        hits.append(has_answer(q.answers, cands[int(np.argmax(s))].full_text()))
-    return accuracy_by_dataset([q.dataset for q in questions], hits)
+        firsts.append(cands[int(np.argmax(s))])
+    return tuning_accuracy(questions, firsts)
 
 
 def trained_state(model: nn.Module) -> dict[str, Tensor]:

@@ -81,17 +81,19 @@ def load_retriever(system: SystemArguments, passages: list) -> tuple[Any, Any, A
     The system's Invar retriever shares its base model with the generator; another retriever
     comes with a separately loaded base model.
     """
+    from invar_rag_integrations.invar import TwoStageRetriever
+    from invar_rag_integrations.invar.two_stage import INDEX_DIR
     from invar_rag_integrations.models import load_base_lm
-    from invar_rag_integrations.retrieval import InvarRetriever, make_retriever
-    from invar_rag_integrations.retrieval.artifacts import is_system_dir, read_manifest
-    from invar_rag_integrations.retrieval.invar_retriever import INDEX_DIR
+    from invar_rag_integrations.system import is_system_dir, read_manifest
+
+    from .catalog import make_retriever
 
     folder = Path(system.system_dir)
     if not system.retriever:
         if not (is_system_dir(folder) and "retriever" in read_manifest(folder)):
             raise ValueError(f"{folder} holds no trained retriever; train one first "
                              "(invar-rag train-retriever) or name a retriever")
-        retriever = InvarRetriever.from_pretrained(folder)
+        retriever = TwoStageRetriever.from_pretrained(folder)
         lm, tokenizer = retriever.scorer.lm, retriever.scorer.tokenizer
     else:
         retriever = make_retriever(system.retriever)
@@ -100,7 +102,7 @@ def load_retriever(system: SystemArguments, passages: list) -> tuple[Any, Any, A
         lm, tokenizer = load_base_lm(base)
     if retriever.passage_ids != [p.id for p in passages]:
         retriever.index(passages)
-        if isinstance(retriever, InvarRetriever) and not system.retriever:
+        if isinstance(retriever, TwoStageRetriever) and not system.retriever:
             retriever.save(folder / INDEX_DIR, passages)
     return retriever, lm, tokenizer
 

@@ -34,8 +34,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from invar_rag_integrations.evaluation.chunking import CHUNKING_NAMES
+from invar_rag_integrations.invar.settings import InvarSettings
 from invar_rag_integrations.models.adapters import LORA_TARGETS, check_lora
-from invar_rag_integrations.retrieval.invar_retriever import InvarSettings
 
 from .query_variants import REWRITE_KINDS
 from .trainer_utils import parse_config
@@ -143,29 +143,20 @@ def parse_arguments(argv: Sequence[str]) -> tuple[ModelArguments, DataArguments,
     return parse_config((ModelArguments, DataArguments, LossArguments, TrainingArguments), argv)
 
 
-Tuning = tuple  # (questions, candidates, query / passage coarse vectors, cosines, BM25 features)
-
-
-def bm25_feature(retriever: Any, queries: list[str], ids: list[list[str]]) -> list[Any]:
-    """The BM25 feature of the candidates when stage 1 has BM25, else zeros."""
-    import numpy as np
-
-    found = retriever.bm25_term(queries, ids)
-    return found if found is not None else [np.zeros(len(i), np.float32) for i in ids]
-
-
 def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: LossArguments,
                train_args: TrainingArguments, lm: Any, tokenizer: Any, coarse_encoder: Any,
-               dataset: Any, tuning: Tuning) -> tuple[Any, list[dict], dict[str, float]]:
+               dataset: Any, tuning: tuple) -> tuple[Any, list[dict], dict[str, float]]:
     """Step 5 with the LM adapted: the ``retriever`` LoRA (and head) on the HF ``Trainer``,
-    the best tuning checkpoint restored. Returns ``(reranker or None off the main process,
-    curve, metrics)``."""
+    the best tuning checkpoint restored (``tuning``: the tuning questions, their candidates,
+    query / passage coarse vectors, cosines and BM25 features). Returns ``(reranker or None off
+    the main process, curve, metrics)``."""
     import torch
     from peft import get_peft_model
 
+    from invar_rag_integrations.invar import InvarScorer, Stage2Reranker
+    from invar_rag_integrations.invar.projector import Projector
+    from invar_rag_integrations.invar.settings import RETRIEVER_ADAPTER
     from invar_rag_integrations.models.adapters import lora_config
-    from invar_rag_integrations.retrieval.invar_retriever import InvarReranker
-    from invar_rag_integrations.retrieval.scorer import RETRIEVER_ADAPTER, InvarScorer, Projector
 
     from .retriever_data import collate
     from .retriever_trainer import (
@@ -173,7 +164,7 @@ def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: L
         NonFiniteLossError,
         ScorerTrainingModel,
         TuningCurve,
-        tuning_accuracy,
+        fused_accuracy,
     )
     from .trainer_utils import TrainedWeightsTrainer, last_complete_checkpoint
 
@@ -187,14 +178,14 @@ def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: L
         else None
     scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), RETRIEVER_ADAPTER,
                          projector, precision=model_args.precision)
-    reranker = InvarReranker(scorer, coarse_encoder, settings)
+    reranker = Stage2Reranker(scorer, coarse_encoder, settings)
     model = ScorerTrainingModel(reranker, loss_args.loss(), loss_args.learn_weights,
                                 loss_args.micro_batch)
     callbacks: list[Any] = [LossTermsCallback(model)]
     curve = None
     if tuning[0] and train_args.process_index == 0:
         curve = TuningCurve(model, output, loss_args.eval_every,
-                            lambda: tuning_accuracy(model, *tuning))
+                            lambda: fused_accuracy(model, *tuning))
         callbacks.append(curve)
     trainer = TrainedWeightsTrainer(model=model, args=train_args, train_dataset=dataset,
                                     data_collator=collate, callbacks=callbacks)
@@ -220,12 +211,11 @@ def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: L
 
 def train_frozen(model_args: ModelArguments, settings: InvarSettings, loss_args: LossArguments,
                  train_args: TrainingArguments, lm: Any, tokenizer: Any, coarse_encoder: Any,
-                 dataset: Any, tuning: Tuning) -> tuple[Any, list[dict], dict[str, float]]:
+                 dataset: Any, tuning: tuple) -> tuple[Any, list[dict], dict[str, float]]:
     """Step 5 with the LM frozen: the head and the fusion weight on cached scorer outputs,
     the best tuning epoch kept. Returns ``(reranker, curve, metrics)``."""
     from invar_rag_integrations.evaluation.metrics import has_answer
-    from invar_rag_integrations.retrieval.invar_retriever import InvarReranker
-    from invar_rag_integrations.retrieval.scorer import InvarScorer
+    from invar_rag_integrations.invar import InvarScorer, Stage2Reranker
 
     from .head_trainer import feature_set, train_head
 
@@ -263,7 +253,7 @@ def train_frozen(model_args: ModelArguments, settings: InvarSettings, loss_args:
     scorer.head = model.head
     metrics = {"features_seconds": round(features_seconds, 1), "train_runtime": round(runtime, 2),
                "train_samples_per_second": len(items) * epochs / max(runtime, 1e-9)}
-    return InvarReranker(scorer, coarse_encoder, settings), curve, metrics
+    return Stage2Reranker(scorer, coarse_encoder, settings), curve, metrics
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -272,19 +262,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import torch
 
     from invar_rag_integrations.evaluation.chunking import chunked_corpus
+    from invar_rag_integrations.invar.artifacts import save_retriever
+    from invar_rag_integrations.invar.reranker import Stage2Reranker
+    from invar_rag_integrations.invar.scorer import InvarScorer
+    from invar_rag_integrations.invar.two_stage import INDEX_DIR, TwoStageRetriever
     from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
     from invar_rag_integrations.paths import cache_dir
-    from invar_rag_integrations.retrieval.artifacts import save_retriever
-    from invar_rag_integrations.retrieval.invar_retriever import (
-        INDEX_DIR,
-        InvarReranker,
-        InvarRetriever,
-    )
-    from invar_rag_integrations.retrieval.scorer import InvarScorer
 
     from .lsr import LSRScorer, lsr_cache_file
     from .retriever_data import (
         RetrieverDataset,
+        bm25_feature,
         build_examples,
         candidate_set,
         lm_paraphrases,
@@ -314,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                            data.tune_questions_per_dataset, data.question_seed,
                                            data.data_dir)
         # the zero-shot two-stage retriever: stage 1 here, and its index is saved in step 7
-        retriever = InvarRetriever(InvarReranker(InvarScorer(
+        retriever = TwoStageRetriever(Stage2Reranker(InvarScorer(
             lm, tokenizer, settings.scorer_settings(), precision=model_args.precision),
             coarse_encoder, settings), "", output, show_progress=train_args.process_index == 0)
         retriever.index(passages)

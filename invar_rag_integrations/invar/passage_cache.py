@@ -45,8 +45,8 @@ def weights_version(model: nn.Module) -> int:
     return sum(p._version for p in model.parameters())
 
 
-def model_identity(model: nn.Module, source: nn.Module, adapter: str | None,
-                   dtype: torch.dtype) -> str:
+def states_identity(model: nn.Module, source: nn.Module, adapter: str | None,
+                    dtype: torch.dtype) -> str:
     """Which weights compute the states: the model object that runs (``source`` itself, or a
     copy made from it), the version of ``source``'s weights, the adapter and the precision."""
     return f"{id(model)}:{id(source)}:{weights_version(source)}:{adapter}:{dtype}"

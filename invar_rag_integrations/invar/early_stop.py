@@ -4,10 +4,10 @@ candidates, and the rest (up to the candidate depth) only while their leader is 
 The leader is clear when its fused score ``s`` beats the runner-up's among those read by at least
 ``stop_margin`` (``s``'s scale: nats of question likelihood plus the weighted cosine and BM25
 terms). Candidates left unread keep stage 1's order below every read one and carry no score
-(``-inf``). ``read_first`` >= the depth, or ``stop_margin = inf``, reads every candidate (a fixed
-depth). The defaults were chosen on the tuning slice by ``python -m benchmarks.stage2_policy``
-(``benchmarks/results/stage2_policy.json``): the fewest pairs read that keep the fixed depth's
-Acc@1 there.
+(:data:`UNSCORED`). ``read_first`` >= the depth, or ``stop_margin = inf``, reads every
+candidate (a fixed depth). The defaults were chosen on the tuning slice by
+``python -m benchmarks.stage2_policy`` (``benchmarks/results/stage2_policy.json``): the fewest
+pairs read that keep the fixed depth's Acc@1 there.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 READ_FIRST = 2
 STOP_MARGIN = 1.15
-UNREAD_SCORE = float("-inf")
+UNSCORED = float("-inf")  # a candidate left unread, or a node without text: below every score
 
 
 def check_policy(read_first: int, stop_margin: float, depth: int | None = None) -> None:
@@ -55,7 +55,7 @@ def read_until_clear(counts: Sequence[int], read_first: int, stop_margin: float,
             candidates in its slice.
 
     Returns:
-        Per query, one score per candidate (:data:`UNREAD_SCORE` for those left unread).
+        Per query, one score per candidate (:data:`UNSCORED` for those left unread).
     """
     first = [slice(0, min(read_first, n)) for n in counts]
     found = score(list(range(len(counts))), first)
@@ -64,5 +64,5 @@ def read_until_clear(counts: Sequence[int], read_first: int, stop_margin: float,
     if more:
         for i, rest in zip(more, score(more, [slice(read_first, counts[i]) for i in more])):
             found[i] = np.concatenate([found[i], rest])
-    return [np.concatenate([s, np.full(n - len(s), UNREAD_SCORE, np.float32)])
+    return [np.concatenate([s, np.full(n - len(s), UNSCORED, np.float32)])
             for s, n in zip(found, counts)]

@@ -1,74 +1,31 @@
-"""One directory per trained system, described by ``invar_rag.json`` (DESIGN.md §3).
-
-Layout: ``invar_rag.json`` (manifest), ``retriever/`` (the scorer's PEFT adapter, safetensors;
-absent when the LM is not adapted), ``projector.safetensors`` (only with soft tokens),
-``head.safetensors`` (only with a head), ``generator/`` and, once indexed, ``index/`` (stage-1
-index + passages). Weights are read with safetensors only. ``retriever.hash`` identifies the
-scorer: it covers its weight files, the settings and both models' identities.
-"""
+"""A system's retriever on disk: saving the scorer's trained parts with its manifest entry,
+loading them back after checking identities and hash, and the zero-shot retriever's parts."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..models.registry import hash_file
-from .invar_retriever import InvarReranker, InvarSettings
-from .scorer import RETRIEVER_ADAPTER, InvarScorer, Projector, zero_head
-
-MANIFEST = "invar_rag.json"
-FORMAT = "invar-rag/1"
-PROJECTOR_FILE = "projector.safetensors"
-HEAD_FILE = "head.safetensors"
-
-
-def is_system_dir(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a trained-system directory (has an ``invar_rag.json``)."""
-    return (Path(path) / MANIFEST).is_file()
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of system directory ``path``."""
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not an Invar-RAG system directory: "
-                                f"no {MANIFEST}")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{file}: unknown manifest format {manifest.get('format')!r}, "
-                         f"expected {FORMAT!r}")
-    return manifest
-
-
-def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Write the manifest atomically (temporary file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=path)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-    Path(tmp).replace(path / MANIFEST)
-
-
-def write_stage(path: str | os.PathLike[str], manifest: dict[str, Any], stage: str,
-                entry: dict[str, Any], training_args: dict[str, Any] | None,
-                metrics: dict[str, Any] | None) -> None:
-    """Record one stage (``retriever`` or ``generator``) with its training arguments and
-    metrics (dropped when ``None``) in the manifest, and write it."""
-    manifest[stage] = entry
-    for key, value in (("training", training_args), ("metrics", metrics)):
-        if value is not None:
-            manifest.setdefault(key, {})[stage] = value
-        else:  # a new entry never keeps the training record of the one it replaces
-            manifest.get(key, {}).pop(stage, None)
-    write_manifest(path, manifest)
+from ..system import (
+    FORMAT,
+    HEAD_FILE,
+    MANIFEST,
+    PROJECTOR_FILE,
+    base_of,
+    is_system_dir,
+    model_identity,
+    read_manifest,
+    write_stage,
+)
+from .projector import Projector, zero_head
+from .reranker import Stage2Reranker
+from .scorer import InvarScorer
+from .settings import RETRIEVER_ADAPTER, InvarSettings
 
 
 def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
@@ -81,21 +38,8 @@ def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def model_identity(model: Any) -> dict[str, str]:
-    source = getattr(model, "invar_source", None)
-    if source is None:
-        raise ValueError("models must be loaded with load_base_lm / load_coarse_encoder so the "
-                         "manifest can record their identity")
-    return {"name": source.name, "identity": source.identity}
-
-
-def base_of(lm: Any) -> Any:
-    """The plain base model under a peft wrapper."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
 def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSettings,
-                       precision: str = "auto") -> tuple[InvarReranker, str]:
+                       precision: str = "auto") -> tuple[Stage2Reranker, str]:
     """Stage 2 with the base LM and no adapter, and its hash."""
     from ..models import load_base_lm, load_coarse_encoder
 
@@ -106,10 +50,10 @@ def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSett
                          "none (set num_soft_tokens = 0 and head = False)")
     scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), precision=precision)
     digest = retriever_hash(settings, lm.invar_source.identity, coarse.invar_source.identity)
-    return InvarReranker(scorer, coarse, settings), digest
+    return Stage2Reranker(scorer, coarse, settings), digest
 
 
-def save_retriever(reranker: InvarReranker, path: str | os.PathLike[str],
+def save_retriever(reranker: Stage2Reranker, path: str | os.PathLike[str],
                    training_args: dict[str, Any] | None = None,
                    metrics: dict[str, Any] | None = None) -> Path:
     """Save the scorer (its ``retriever`` adapter and projector, when it has them) and its
@@ -154,7 +98,7 @@ def save_retriever(reranker: InvarReranker, path: str | os.PathLike[str],
 
 
 def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
-                  precision: str = "auto") -> tuple[InvarReranker, dict[str, Any]]:
+                  precision: str = "auto") -> tuple[Stage2Reranker, dict[str, Any]]:
     """Load a system's scorer: the base LM (with the ``retriever`` adapter when the system has
     one), the projector and the coarse encoder, after checking their identities and hash.
 
@@ -220,4 +164,4 @@ def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
     scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(),
                          RETRIEVER_ADAPTER if adapter is not None else None, projector, head,
                          precision=precision)
-    return InvarReranker(scorer, coarse, settings), manifest
+    return Stage2Reranker(scorer, coarse, settings), manifest

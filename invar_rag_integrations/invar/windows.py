@@ -13,59 +13,24 @@ window (``first``: what a scorer that truncates reads), its best (``max``, MaxP)
 ``mean``, or ``softmax``, a smooth maximum (Dai and Callan 2019 compare FirstP, MaxP, SumP).
 The default reads one window per node, the BM25-best: on the tuning slice it ranked better
 than all windows with MaxP, at the cost of the first window alone. Serving and training both
-read nodes through :func:`windows_to_read`; stage-1 encoders cut their windows with
-:func:`text_windows`.
+read nodes through :func:`windows_to_read` (stage-1 encoders cut theirs with
+``retrieval.text_windows``).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("first", "max", "mean", "softmax")
-PRESELECTIONS = ("none", "bm25")
-MIN_WINDOW = 16
-EMPTY_SCORE = float("-inf")  # r of a node without text: below every node that has some
-
-
-def check_window_settings(window: int, stride: int, max_windows: int, aggregation: str,
-                          temperature: float, preselect: str) -> None:
-    """Fail on window settings that cannot work, naming the values.
-
-    Raises:
-        ValueError: ``window < 16``, ``stride`` outside ``[1, window]``, ``max_windows < 1``,
-            an unknown aggregation or pre-selection, or a temperature that is not positive.
-    """
-    if window < MIN_WINDOW:
-        raise ValueError(f"the scorer's window (max_passage_tokens) must be at least "
-                         f"{MIN_WINDOW} tokens, got {window}")
-    if not 1 <= stride <= window:
-        raise ValueError(f"window_stride must be between 1 and the window (max_passage_tokens "
-                         f"= {window}), got {stride}: a larger stride skips tokens")
-    if max_windows < 1:
-        raise ValueError(f"max_windows must be at least 1, got {max_windows}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"window_aggregation must be one of {AGGREGATIONS}, got "
-                         f"{aggregation!r}")
-    if preselect not in PRESELECTIONS:
-        raise ValueError(f"preselect must be one of {PRESELECTIONS}, got {preselect!r}")
-    if not temperature > 0:
-        raise ValueError(f"window_temperature must be positive, got {temperature}")
-
-
-def window_spans(length: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the windows over ``length`` tokens: every ``stride`` tokens, the
-    last one ending at the end (one window when ``length <= size``)."""
-    if length <= size:
-        return [(0, length)]
-    starts = list(range(0, length - size, stride)) + [length - size]
-    return [(start, start + size) for start in starts]
+from ..retrieval.text_windows import window_spans
+from .early_stop import UNSCORED
+from .settings import AGGREGATIONS
 
 
 @dataclass(frozen=True)
@@ -180,19 +145,35 @@ def aggregate(scores: Tensor, method: str, temperature: float) -> Tensor:
     return (aggregation_weights(scores, method, temperature) * scores).sum()
 
 
-def text_windows(tokenizer: Any, title: str, text: str, size: int,
-                 stride: int) -> list[str]:
-    """A node's text cut into windows of at most ``size`` tokens of ``tokenizer`` (a stage-1
-    encoder's), every ``stride`` tokens, each under the title as ``Passage.full_text`` puts it;
-    a node that fits is one window, its ``full_text`` unchanged."""
-    full = f"{title}\n{text}" if title else text
-    head = len(tokenizer(full[: len(full) - len(text)], add_special_tokens=False)["input_ids"])
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)  # longer than the encoder reads: that is the point
-    offsets = encoded["offset_mapping"]
-    room = max(size - head, size // 2)
-    if len(offsets) <= room:
-        return [full]
-    prefix = full[: len(full) - len(text)]
-    return [prefix + text[offsets[start][0] : offsets[stop - 1][1]]
-            for start, stop in window_spans(len(offsets), room, min(stride, room))]
+def by_node(values: Tensor, vectors: Tensor | None, owners: list[tuple[int, int]],
+            counts: list[int], method: str, temperature: float,
+            head: torch.nn.Module | None) -> tuple[list[Tensor], list[Tensor]]:
+    """Window scores ``[N]`` (and features ``[N, H]``) regrouped into each query's ``counts``
+    nodes (``owners``: the ``(query, node)`` of each window; a node's windows are
+    consecutive): a node's windows aggregated by ``method``; with features, its likelihood and
+    features weighted as its served score (``head`` included) weighs its windows, so
+    likelihood + head(features) is that score. A node without windows scores
+    :data:`UNSCORED`."""
+    width = vectors.shape[1] if vectors is not None else 0
+    per_node: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+    start = 0
+    for owner, group in itertools.groupby(owners):
+        stop = start + len(list(group))
+        mine = values[start:stop]
+        if vectors is None:
+            per_node[owner] = (aggregate(mine, method, temperature), None)
+        else:
+            served = mine if head is None else \
+                mine + head(vectors[start:stop].to(head.weight.dtype))[:, 0].float()
+            weights = aggregation_weights(served, method, temperature)
+            per_node[owner] = (weights @ mine, weights @ vectors[start:stop])
+        start = stop
+    unscored, no_features = values.new_tensor(UNSCORED), values.new_zeros(width)
+    scores, features = [], []
+    for qi, count in enumerate(counts):
+        found = [per_node.get((qi, ci), (unscored, no_features)) for ci in range(count)]
+        scores.append(torch.stack([s for s, _ in found]) if found else values.new_zeros(0))
+        if vectors is not None:
+            features.append(torch.stack([f for _, f in found]) if found
+                            else values.new_zeros((0, width)))
+    return scores, features

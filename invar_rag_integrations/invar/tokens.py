@@ -1,0 +1,155 @@
+"""The one place the scorer's token sequences are built: ``[BOS] prompt-head [P(c(d))] window
+prompt-tail [P(c(q))] question``, for serving and training alike (a node's windows come from
+``windows.py``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data import Passage
+from .settings import ScorerSettings
+from .windows import NodeTokens, windows_to_read
+
+
+@dataclass(frozen=True)
+class ScorerBatch:
+    """Left-padded scorer sequences, so every question ends at the last position.
+
+    Attributes:
+        input_ids, attention_mask, position_ids: ``[B, W]``.
+        targets, target_mask: ``[B, L]`` question tokens, right-aligned (``L`` = the longest
+            question); position ``t`` is predicted by the logits at ``W - L - 1 + t``.
+        soft_starts: ``[B, 2]`` first position of the passage's and the question's soft tokens
+            (``None`` without soft tokens).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    targets: Tensor
+    target_mask: Tensor
+    soft_starts: Tensor | None = None
+
+
+class ScorerTokens:
+    """Builds scorer sequences: ``[BOS] prompt-head [P(c(d))] window prompt-tail [P(c(q))]
+    question``, where a window is a node's title and a slice of its text (``windows.py``);
+    tokenised nodes are cached by their title and text, so a changed text is tokenised again.
+
+    Args:
+        tokenizer: The base LM's tokenizer.
+        settings: The scorer settings.
+        cache_size: Node tokenisations kept (least recently used ones are dropped).
+    """
+
+    def __init__(self, tokenizer: Any, settings: ScorerSettings, cache_size: int = 50_000):
+        self.tokenizer, self.settings, self.cache_size = tokenizer, settings, cache_size
+        head, tail = settings.prompt.split("{passage}")
+        self.head = self._ids(head)
+        self.tail = self._ids(tail)
+        bos = tokenizer.bos_token_id
+        probe = tokenizer("x")["input_ids"]
+        self.bos = [bos] if bos is not None and probe and probe[0] == bos else []  # e.g. Gemma
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        self._nodes: OrderedDict[tuple[str, str], NodeTokens] = OrderedDict()
+        self.truncated = {"query": 0}
+        self._warned: set[str] = set()
+
+    def _cut(self, kind: str, ids: list[int], cap: int, keep: str) -> list[int]:
+        """``ids`` cut to ``cap`` tokens (keeping the ``keep`` end), counted, warned once."""
+        if len(ids) <= cap:
+            return ids
+        self.truncated[kind] += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"a {kind} text longer than {cap} tokens was truncated to its {keep} "
+                          f"{cap} (counted in ScorerTokens.truncated; warned once)", stacklevel=5)
+        return ids[:cap] if keep == "first" else ids[-cap:]
+
+    def _ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def node(self, passage: Passage | str) -> NodeTokens:
+        """A node's tokens (cached): the prefix ``Title.`` (none for a plain string) and the
+        body, tokenised so that prefix + body is the tokenisation of :func:`passage_text`. A
+        node without text has an empty body."""
+        title, text = ("", passage) if isinstance(passage, str) else (passage.title,
+                                                                     passage.text)
+        key = (title, text)
+        found = self._nodes.get(key)
+        if found is not None:
+            self._nodes.move_to_end(key)
+            return found
+        if not text.strip():
+            found = NodeTokens([], [])
+        elif title:
+            found = NodeTokens(self._ids(f"{title}."), self._ids(f" {text}"))
+        else:
+            found = NodeTokens([], self._ids(text))
+        self._nodes[key] = found
+        if len(self._nodes) > self.cache_size:
+            self._nodes.popitem(last=False)
+        return found
+
+    def windows(self, query: str, nodes: Sequence[Passage | str]) -> tuple[list[list[list[int]]],
+                                                                           int]:
+        """The token ids of the windows the LM reads of each node for ``query`` (none for a
+        node without text), and how many nodes were read in part (more than ``max_windows``
+        windows)."""
+        settings = self.settings
+        return windows_to_read(query, [self.node(n) for n in nodes], settings.max_passage_tokens,
+                               settings.stride, settings.max_windows, settings.preselect,
+                               self.tokenizer.decode)
+
+    def question(self, text: str) -> list[int]:
+        """Token ids of a question as it continues the prompt (a leading space), cut to the
+        cap."""
+        ids = self._ids(" " + text.strip())
+        if not ids:
+            raise ValueError(f"the question {text!r} has no tokens")
+        return self._cut("query", ids, self.settings.max_query_tokens, "last")
+
+    def row(self, question: list[int], passage: list[int]) -> list[int]:
+        """One scorer sequence (soft-token positions hold the pad id); the question's tokens
+        end it."""
+        soft = [self.pad_id] * self.settings.num_soft_tokens
+        return self.bos + self.head + soft + passage + self.tail + soft + question
+
+    def batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> ScorerBatch:
+        """Left-padded sequences for ``(question ids, passage ids)`` pairs."""
+        m = self.settings.num_soft_tokens
+        rows, starts = [], []
+        for question, passage in pairs:
+            doc_start = len(self.bos) + len(self.head)
+            query_start = doc_start + m + len(passage) + len(self.tail)
+            rows.append(self.row(question, passage))
+            starts.append((doc_start, query_start))
+        width = max(len(r) for r in rows)
+        longest = max(len(q) for q, _ in pairs)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        targets = torch.zeros((len(rows), longest), dtype=torch.long)
+        target_mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+        offsets = []
+        for i, (row, (question, _)) in enumerate(zip(rows, pairs)):
+            offset = width - len(row)
+            offsets.append(offset)
+            ids[i, offset:] = torch.tensor(row)
+            attention[i, offset:] = 1
+            targets[i, longest - len(question):] = torch.tensor(question)
+            target_mask[i, longest - len(question):] = True
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        soft = None
+        if m:
+            soft = torch.tensor([[o + d, o + q] for o, (d, q) in zip(offsets, starts)])
+        return ScorerBatch(ids, attention, positions, targets, target_mask, soft)
