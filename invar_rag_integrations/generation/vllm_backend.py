@@ -294,7 +294,7 @@ def score_through_vllm(scorer: Any, system_dir: str | os.PathLike[str],
                        **overrides: Any) -> VLLMGenerator:
     """Start a vLLM engine over ``scorer``'s base model and its adapter (the system's
     ``scorer.adapter`` folder) and let the scorer read through it
-    (:meth:`~invar_rag_integrations.retrieval.scorer.InvarScorer.use_engine`).
+    (:meth:`~invar_rag_integrations.invar.scorer.InvarScorer.use_engine`).
 
     Args:
         scorer: A loaded Invar scorer.

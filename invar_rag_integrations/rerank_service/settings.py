@@ -30,7 +30,7 @@ class ServiceSettings:
         passage_cache_mb: Megabytes of passage key/value states kept, so a document scored
             again costs only the query's tokens (``InvarScorer.use_passage_cache``; a float32
             scorer only); 0: no cache.
-        read_first, stop_margin: Early stop (``InvarReranker.rerank``): read a request's
+        read_first, stop_margin: Early stop (``Stage2Reranker.rerank``): read a request's
             first ``read_first`` documents (in the order sent), the rest only while the
             leader's score beats the runner-up's by less than ``stop_margin``; unread documents
             follow in the order sent with ``EMPTY_RELEVANCE``. 0: read every document.
