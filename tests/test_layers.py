@@ -36,3 +36,14 @@ def test_help_and_argument_errors_answer_before_torch_loads():
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            timeout=120, check=True)
     assert found.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_names_the_readme_used_still_import_with_a_warning():
+    import pytest
+
+    from invar_rag_integrations import invar, retrieval
+
+    for old, new in (("InvarRetriever", "TwoStageRetriever"), ("InvarReranker", "Stage2Reranker"),
+                     ("InvarScorer", "InvarScorer"), ("InvarSettings", "InvarSettings")):
+        with pytest.warns(DeprecationWarning, match=f"moved to invar_rag_integrations.invar.{new}"):
+            assert getattr(retrieval, old) is getattr(invar, new)

@@ -12,14 +12,10 @@ from .base import Retriever, SearchResult
 __all__ = ["BM25Retriever", "CrossEncoderRetriever", "DenseRetriever", "FusionRetriever",
            "QueryAdapterRetriever", "Retriever", "SearchResult", "reciprocal_rank_fusion"]
 
-# Names this module had before the Invar core moved to ``invar`` (the README used them):
-# still importable, with a warning, until 0.2.
-_MOVED = {"InvarRetriever": ("invar", "TwoStageRetriever"),
-          "InvarReranker": ("invar", "Stage2Reranker"),
-          "InvarScorer": ("invar", "InvarScorer"), "InvarSettings": ("invar", "InvarSettings"),
-          "ScorerSettings": ("invar", "ScorerSettings"), "fused_score": ("invar", "fused_score"),
-          "make_retriever": ("training.catalog", "make_retriever"),
-          "RETRIEVER_NAMES": ("training.catalog", "RETRIEVER_NAMES")}
+# Names this module had before the Invar core moved to ``invar`` that the README and the
+# notebooks used: still importable, with a warning, until 0.2.
+_MOVED = {"InvarRetriever": "TwoStageRetriever", "InvarReranker": "Stage2Reranker",
+          "InvarScorer": "InvarScorer", "InvarSettings": "InvarSettings"}
 
 
 def __getattr__(name: str) -> Any:
@@ -28,15 +24,12 @@ def __getattr__(name: str) -> Any:
         return getattr(stage1_modules()[name], name)
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, new = _MOVED[name]
     warnings.warn(f"invar_rag_integrations.retrieval.{name} moved to "
-                  f"invar_rag_integrations.{module}.{new}; the old name goes in 0.2",
+                  f"invar_rag_integrations.invar.{_MOVED[name]}; the old name goes in 0.2",
                   DeprecationWarning, stacklevel=2)
-    if module == "invar":
-        from .. import invar as found
-    else:
-        from ..training import catalog as found
-    return getattr(found, new)
+    from .. import invar
+
+    return getattr(invar, _MOVED[name])
 
 
 def stage1_modules() -> dict[str, Any]:
