@@ -33,7 +33,7 @@ class ServiceSettings:
         read_first, stop_margin: Early stop (``Stage2Reranker.rerank``): read a request's
             first ``read_first`` documents (in the order sent), the rest only while the
             leader's score beats the runner-up's by less than ``stop_margin``; unread documents
-            follow in the order sent with ``EMPTY_RELEVANCE``. 0: read every document.
+            follow in the order sent with ``UNSCORED_IN_JSON`` (-1e30). 0: read every document.
     """
 
     model_name: str = "invar-reranker"
