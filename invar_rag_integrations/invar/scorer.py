@@ -236,10 +236,10 @@ class InvarScorer:
                                 self.settings.window_temperature, self.head)
         return Reading(scores, found if features else None, tokens)
 
-    def _fan_out(self, queries: Sequence[str], nodes: Nodes,
+    def _fan_out(self, queries: Sequence[str], nodes: Nodes, count: bool = True,
                  ) -> tuple[list[list[int]], list[tuple[int, int]], list[list[int]], list[int]]:
         """The questions' token ids, the windows read of every query's nodes with their
-        ``(query, node)`` owners, and the tokens read per query (counted in
+        ``(query, node)`` owners, and the tokens read per query (with ``count``, added to
         :attr:`window_counts`)."""
         question_ids = [self.tokens.question(q) for q in queries]
         owners: list[tuple[int, int]] = []
@@ -247,7 +247,8 @@ class InvarScorer:
         tokens = [0] * len(queries)
         for qi, (query, cands) in enumerate(zip(queries, nodes)):
             read, cut = self.tokens.windows(query, cands)
-            self._count(read, cut)
+            if count:
+                self._count(read, cut)
             for ci, node_windows in enumerate(read):
                 owners += [(qi, ci)] * len(node_windows)
                 windows += node_windows
@@ -259,11 +260,7 @@ class InvarScorer:
         """Tokens the LM reads to score ``nodes`` for ``query`` (each window's whole sequence:
         prompt, window, question), without reading them: :attr:`Reading.tokens` of a read."""
         with model_lock(self.lm):
-            counts = dict(self.window_counts)
-            try:
-                return self._fan_out([query], [nodes])[3][0]
-            finally:
-                self.window_counts.update(counts)
+            return self._fan_out([query], [nodes], count=False)[3][0]
 
     @torch.inference_mode()
     def serve(self, queries: Sequence[str], nodes: Nodes, query_coarse: Any = None,

@@ -143,7 +143,7 @@ class TwoStageRetriever(Retriever):
         """A retriever sharing this one's scorer and settings, without an index: for searching
         another corpus without replacing this one's index."""
         return TwoStageRetriever(self.reranker, self.system_hash, self.system_dir,
-                              self.show_progress, self.trained)
+                                 self.show_progress, self.trained)
 
     # --- indexing -------------------------------------------------------------------------
 
@@ -183,8 +183,9 @@ class TwoStageRetriever(Retriever):
             return Proposal(dense.search_vectors(query_coarse, depth), query_coarse, None)
         child = min(self.stage1.child_depth(depth), len(self.passage_ids))
         corpus = bm25.corpus_scores(queries)
-        results = self.stage1.fuse([[bm25.top(scores, child) for scores in corpus],
-                                    dense.search_vectors(query_coarse, child)], depth)
+        found = {id(bm25): [bm25.top(scores, child) for scores in corpus],
+                 id(dense): dense.search_vectors(query_coarse, child)}
+        results = self.stage1.fuse([found[id(r)] for r in self.stage1.retrievers], depth)
         return Proposal(results, query_coarse, corpus)
 
     def passage_coarse(self, ids: Sequence[str]) -> np.ndarray:

@@ -32,7 +32,12 @@ def __getattr__(name: str) -> Any:
 
     for module in ("fastapi", "uvicorn"):
         require(module, "serve")
-    from . import app, batcher, server
-
-    return getattr({"create_app": app, "RequestBatcher": batcher, "RerankServer": server,
-                    "serve_rerank": server}[name], name)
+    if name == "create_app":
+        from .app import create_app as found
+    elif name == "RequestBatcher":
+        from .batcher import RequestBatcher as found
+    elif name == "RerankServer":
+        from .server import RerankServer as found
+    else:
+        from .server import serve_rerank as found
+    return found

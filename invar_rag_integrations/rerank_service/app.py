@@ -108,7 +108,7 @@ def create_app(reranker: Stage2Reranker, settings: ServiceSettings | None = None
     app = FastAPI(title="Invar rerank", lifespan=lifespan,
                   description="Cohere / Jina / text-embeddings-inference rerank API over the "
                               "Invar scorer")
-    app.state.handler, app.state.batcher = handler, handler.batcher
+    app.state.batcher = handler.batcher  # the server reports its counts on shutdown
 
     def authorised(credentials: BearerCredentials) -> None:
         if settings.api_key is None:

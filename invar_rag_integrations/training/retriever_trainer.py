@@ -102,13 +102,14 @@ class ScorerTrainingModel(nn.Module):
             [[views[b][v][c] for c in kept[b]] for b, v in cells],
             query_coarse.reshape(batch * count, -1),
             [passage_coarse[b, kept[b]] for b, _ in cells], batch_size=self.micro_batch)
-        r = torch.zeros((batch, count, width), device=reading.scores[0].device)
-        for (b, v), scores in zip(cells, reading.scores):
-            if torch.isinf(scores).any():  # candidate_set leaves such passages out
-                raise ValueError(f"a candidate of training example {b} has no text")
-            r = r.index_put((torch.tensor([b]), torch.tensor([v]), torch.tensor(kept[b])),
-                            scores)
-        return r
+        cell_of = [(b, v, c) for b, v in cells for c in kept[b]]  # of each score read
+        flat = torch.cat(reading.scores)
+        empty = torch.isinf(flat.detach()).nonzero()
+        if len(empty):  # candidate_set leaves such passages out
+            raise ValueError(f"a candidate of training example {cell_of[int(empty[0])][0]} has "
+                             "no text")
+        index = torch.tensor(cell_of, device=flat.device).T
+        return flat.new_zeros((batch, count, width)).index_put(tuple(index), flat)
 
     def forward(self, variants: list[list[str]], views: list[list[list[Passage | str]]],
                 query_coarse: Tensor, passage_coarse: Tensor, cosine: Tensor, bm25: Tensor,
