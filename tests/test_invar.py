@@ -387,3 +387,13 @@ def test_a_two_stage_query_encodes_once_and_runs_bm25_once(zero_shot) -> None:
         del encoder.encode, bm25.get_scores
     assert calls["encode"] == [queries] and calls["bm25"] == len(queries)
     assert [r.ids[0] for r in found] == [r.ids[0] for r in zero_shot.search(queries, 2)]
+
+
+def test_stage_one_alone_checks_its_input(zero_shot, tiny_lm_dir: Path,
+                                          tiny_encoder_dir: Path) -> None:
+    with pytest.raises(ValueError, match="empty or whitespace"):
+        zero_shot.candidates(["who discovered penicillin", " "])
+    fresh = TwoStageRetriever.zero_shot(str(tiny_lm_dir), str(tiny_encoder_dir),
+                                        precision="float32", show_progress=False)
+    with pytest.raises(RuntimeError, match="has no index: call index"):
+        fresh.candidates(["who discovered penicillin"])

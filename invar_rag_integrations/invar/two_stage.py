@@ -25,6 +25,7 @@ from ..retrieval.base import (
     Retriever,
     SearchResult,
     check_k,
+    check_queries,
     read_saved_ids,
     read_saved_manifest,
     top_k,
@@ -176,6 +177,8 @@ class TwoStageRetriever(Retriever):
     def propose(self, queries: list[str]) -> Proposal:
         """Stage 1 with what it computed on the way: each query is encoded once and BM25 scores
         the corpus once, for the search and for the fused score's terms."""
+        queries = check_queries(queries)
+        self.check_indexed()
         depth = min(self.settings.candidates, len(self.passage_ids))
         query_coarse = self.reranker.coarse(queries)
         dense, bm25 = dense_part(self.stage1), bm25_part(self.stage1)

@@ -113,13 +113,17 @@ class Retriever(ABC):
         """Validate a result count (a positive integer; subclasses may bound it)."""
         return check_k(k, name)
 
+    def check_indexed(self) -> None:
+        """Fail, saying what to do, when there is no index to search."""
+        if not self.passage_ids:
+            raise RuntimeError(f"{type(self).__name__} has no index: call index() or load() first")
+
     def search(self, queries: Sequence[str], k: int) -> list[SearchResult]:
         """Top-``k`` passages per query; ``k`` above the corpus size returns every passage.
         Queries and ``k`` are validated here, once, for every wrapper above."""
         queries = check_queries(queries)
         k = self.check_depth(k)
-        if not self.passage_ids:
-            raise RuntimeError(f"{type(self).__name__} has no index: call index() or load() first")
+        self.check_indexed()
         if not queries:
             return []
         return self._search(queries, min(k, len(self.passage_ids)))
