@@ -48,6 +48,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.tune_cross_encoder
 	$(PY) -m benchmarks.stage2_policy
+	$(PY) -m benchmarks.calibration
 	$(PY) -m benchmarks.rerank_policy
 	$(PY) -m benchmarks.passage_cache
 	$(PY) -m benchmarks.long_documents
@@ -58,13 +59,15 @@ bench: install install-vllm
 
 # Re-creates the small system that `make demo` runs (shipped in the package): the Invar
 # scorer trained with the CPU configuration (its best tuning step, step 0 = zero-shot
-# included), then the generator trained on what that retriever returns, then only the files
-# the system needs.
+# included), its relevance probabilities fitted on the tuning questions, then the generator
+# trained on what that retriever returns, then only the files the system needs.
 SYSTEM_RUN := runs/retriever_smollm2_cpu
 SHIPPED := invar_rag_integrations/demo/system
 demo-system: install
 	$(VENV)/bin/invar-rag train-retriever training/configs/retriever_smollm2_cpu.json \
 	    --output_dir $(SYSTEM_RUN)
+	$(VENV)/bin/invar-rag calibrate $(SYSTEM_RUN) --split tune \
+	    --datasets nq popqa_longtail squad
 	$(VENV)/bin/invar-rag train-generator training/configs/generator_smollm2_cpu.json
 	rm -rf $(SHIPPED) && mkdir -p $(SHIPPED)
 	for part in invar_rag.json retriever projector.safetensors head.safetensors generator; do \

@@ -134,9 +134,10 @@ def _baseline(system: str, data: str | None, questions, by_id, corpus, robust, l
 
 
 def candidate_scores(retriever, queries: list[str], proposed, query_coarse=None,
-                     bm25=None) -> tuple[list, list]:
-    """``retriever.candidate_scores`` (fused scores, tokens read); for a scorer without an
-    adapter (zero-shot, or a head on the frozen LM), from its cached likelihoods and features,
+                     bm25=None):
+    """``retriever.candidate_scores`` (a ``Part``: fused scores, ``r``, tokens read); for a
+    scorer without an adapter (zero-shot, or a head on the frozen LM), from its cached
+    likelihoods and features,
     so systems that share the frozen LM share one forward pass per pair (``pair_scores`` =
     likelihood + head(features), tested)."""
     import numpy as np
@@ -190,7 +191,7 @@ def _depth_rows(name: str, retriever, questions, by_id, depths, shipped) -> list
         batch = queries[start : start + 64]
         found = retriever.candidates(batch)
         proposed += found
-        scores += candidate_scores(retriever, batch, found)[0]
+        scores += candidate_scores(retriever, batch, found).fused
     rows = []
     for depth in depths:
         results = [top_k(p.ids[:depth], s[:depth], depth) for p, s in zip(proposed, scores)]

@@ -185,6 +185,30 @@ def _chunking_tables(rows: list[dict]) -> list[str]:
     return parts
 
 
+_CALIBRATION = ["ece", "brier", "auroc_relevant"]
+_RANKING = ["acc@1", "wins_vs_fused", "losses_vs_fused", "wins_vs_minilm", "losses_vs_minilm",
+            "pairs_per_query"]
+
+
+def _calibration_tables(rows: list[dict]) -> list[str]:
+    """Calibration errors per chunking (val pairs), the cross-fitted errors on the tuning
+    pairs, and the rankings by fused score and by probability."""
+    parts = []
+    for chunking in dict.fromkeys(r["chunking"] for r in rows):
+        mine = [r for r in rows if r["chunking"] == chunking]
+        parts += [f"### Relevance probabilities on {chunking} (every stage-1 candidate of every "
+                  "val question)", "", pivot_table(mine, _CALIBRATION), ""]
+        ranked = [r for r in mine if r["metric"] in _RANKING]
+        if ranked:
+            parts += [f"### Ranking by fused score and by probability ({chunking}, all val "
+                      "questions; paired wins / losses)", "", pivot_table(ranked, _RANKING), ""]
+    tune = [r for r in rows if r["split"] == "tune"]
+    if tune:
+        parts += ["### Cross-fitted on the tuning pairs (5 folds by question)", "",
+                  pivot_table(tune, [f"cross_fitted_{m}" for m in _CALIBRATION]), ""]
+    return parts
+
+
 _PASSAGE_CACHE = ["hit_rate", "all_hit_queries", "latency_p50_ms", "latency_p95_ms",
                   "hit_speedup", "same_top5", "max_score_diff", "mb_per_passage", "cached_mb",
                   "evictions"]
@@ -204,6 +228,9 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                   f"- command: `{payload['command']}`",
                   f"- commit: `{payload['git_commit']}`, date: {payload['date']}",
                   f"- machine: {payload['machine']}", ""]
+        if any(r["metric"] == "ece" for r in rows):
+            parts += _calibration_tables(rows)
+            continue
         if any("chunking" in r for r in rows):
             parts += _chunking_tables(rows)
             continue

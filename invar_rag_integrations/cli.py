@@ -104,6 +104,26 @@ def _index(args: argparse.Namespace) -> None:
           f"({len(passages) / seconds:.1f} passages/s); saved to {output}", file=sys.stderr)
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluation import odqa_questions
+    from .evaluation.chunking import chunked_corpus
+    from .training.calibrate import calibrate_system
+
+    questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
+    corpus = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
+    command = (f"invar-rag calibrate {args.system}"
+               + (f" --data-dir {args.data_dir}" if args.data_dir else "")
+               + f" --split {args.split} --chunking {args.chunking}"
+               + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
+               + (f" --limit {args.limit}" if args.limit else ""))
+    report = calibrate_system(args.system, questions, corpus, command)
+    print(json.dumps(report, indent=2))
+    print(f"stored the calibration fitted on {len(questions)} questions in {args.system}",
+          file=sys.stderr)
+
+
 def _init_system(args: argparse.Namespace) -> None:
     from .invar import InvarSettings, TwoStageRetriever
     from .invar.artifacts import save_retriever
@@ -244,6 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSON-lines passages {id, text, title}")
     index.add_argument("--output", help="index folder (default: <retriever>/index)")
     index.set_defaults(func=_index)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a system's relevance probabilities on questions with answers "
+                          "(e.g. those make-questions writes) and store them in it")
+    calibrate.add_argument("system", help="system directory (its manifest is updated)")
+    calibrate.add_argument("--data-dir",
+                           help="folder with odqa/corpus.jsonl and odqa/dev_questions.jsonl "
+                                "(the layout make-questions writes; default: $INVAR_RAG_DATA "
+                                "or ../shared/data)")
+    calibrate.add_argument("--datasets", nargs="+",
+                           help="datasets of the questions file (default: the shared ones; "
+                                "synthetic for make-questions' output)")
+    calibrate.add_argument("--split", choices=SPLITS, default="dev",
+                           help="which of the questions (dev: all)")
+    calibrate.add_argument("--chunking", choices=CHUNKING_NAMES, default=PASSAGES,
+                           help="cut the corpus's articles into nodes as your pipeline does")
+    calibrate.add_argument("--limit", type=_positive_int,
+                           help="first N questions of each dataset")
+    calibrate.set_defaults(func=_calibrate)
 
     init = commands.add_parser(
         "init-system", help="write a system directory holding the zero-shot two-stage retriever "

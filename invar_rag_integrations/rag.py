@@ -61,7 +61,8 @@ def stripped(pieces: Iterable[str]) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Source:
-    """A retrieved passage and its retrieval score."""
+    """A retrieved passage and its retrieval score (with the Invar retriever: the probability
+    that it holds an answer to the question)."""
 
     passage: Passage
     score: float

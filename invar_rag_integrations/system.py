@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "invar_rag.json"
-FORMAT = "invar-rag/1"
+FORMAT = "invar-rag/2"  # 2: the retriever entry holds its calibration
+READABLE_FORMATS = ("invar-rag/1", FORMAT)
 PROJECTOR_FILE = "projector.safetensors"
 HEAD_FILE = "head.safetensors"
 
@@ -37,9 +38,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{file}: unknown manifest format {manifest.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+                         f"expected one of {READABLE_FORMATS}")
     return manifest
 
 

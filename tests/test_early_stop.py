@@ -70,7 +70,7 @@ def retriever(tiny_lm_dir: Path, tiny_encoder_dir: Path):
 def test_the_retriever_reads_as_the_policy_says_and_counts_the_pairs(retriever):
     queries = ["who discovered penicillin", "what is the capital of france"]
     fixed = retriever(read_first=5)
-    always_stop = retriever(read_first=2, stop_margin=0.0)
+    always_stop = retriever(read_first=2, stop_margin=0.0, rank_by="fused")
     full = fixed.search(queries, 5)
     short = always_stop.search(queries, 5)
     assert fixed.scorer.window_counts["nodes"] == 10
@@ -79,9 +79,13 @@ def test_the_retriever_reads_as_the_policy_says_and_counts_the_pairs(retriever):
     for result, stage1, complete in zip(short, proposed, full):
         assert result.ids[2:] == [i for i in stage1.ids if i not in result.ids[:2]]
         assert set(result.ids[:2]) == set(stage1.ids[:2])
-        assert np.isinf(result.scores[2:]).all() and np.isfinite(result.scores[:2]).all()
-        fused = dict(zip(complete.ids, complete.scores))
-        assert result.scores[:2] == pytest.approx([fused[i] for i in result.ids[:2]], abs=1e-4)
+        assert all(0.0 < p < 1.0 for p in result.scores)  # unread ones get a probability too
+        read = dict(zip(complete.ids, complete.scores))  # the read model, every one read
+        assert result.scores[:2] == pytest.approx([read[i] for i in result.ids[:2]], abs=1e-4)
+        assert result.scores[2:] != pytest.approx([read[i] for i in result.ids[2:]], abs=1e-4)
+    by_probability = retriever(read_first=2, stop_margin=0.0)
+    for result in by_probability.search(queries, 5):
+        assert result.scores == sorted(result.scores, reverse=True)
     never_stop = retriever(read_first=2, stop_margin=math.inf)
     assert [r.ids for r in never_stop.search(queries, 5)] == [r.ids for r in full]
     assert never_stop.scorer.window_counts["nodes"] == 10
@@ -91,13 +95,14 @@ def test_the_rerankers_read_as_the_policy_says_and_by_default_read_every_node(re
     from invar_rag_integrations.rerank_service import ServiceSettings
     from invar_rag_integrations.rerank_service.handler import RerankHandler
 
-    core = retriever().reranker
+    core = retriever(rank_by="fused").reranker
     query, texts = "who discovered penicillin", [p.full_text() for p in demo_passages()[:6]]
     full = core.rerank(query, texts)
     assert core.scorer.window_counts["nodes"] == 6
     short = core.rerank(query, texts, 3, read_first=2, stop_margin=0.0)
     assert core.scorer.window_counts["nodes"] == 8  # two more
-    assert {i for i, _ in short[:2]} == {0, 1} and short[2] == (2, -math.inf)
+    assert {i for i, _ in short[:2]} == {0, 1} and short[2][0] == 2  # then the given order
+    assert all(0.0 < p < 1.0 for _, p in short)
     scores = dict(full)
     assert [s for _, s in short[:2]] == pytest.approx([scores[i] for i, _ in short[:2]],
                                                       abs=1e-4)
@@ -111,12 +116,14 @@ def test_the_rerankers_read_as_the_policy_says_and_by_default_read_every_node(re
     nodes = [NodeWithScore(node=TextNode(text=t), score=1.0) for t in texts]
     kept = InvarReranker(core, top_n=3, read_first=2, stop_margin=0.0).postprocess_nodes(
         nodes, QueryBundle(query))
-    assert kept[2].node.text == texts[2] and kept[2].score == -math.inf
+    assert [k.node.text for k in kept] == [texts[i] for i, _ in short]
+    assert [k.score for k in kept] == pytest.approx([p for _, p in short])
     handler = RerankHandler(core, ServiceSettings(read_first=2, stop_margin=0.0))
-    (ranked, tokens, _), = handler.score([query], [texts], [4])
+    (ranked, tokens, pairs), = handler.score([query], [texts], [4])
     handler.batcher.close()
-    assert len(ranked) == 4 and ranked[2:] == [(2, -math.inf), (3, -math.inf)]
-    assert tokens == core.scorer.tokens_read(query, texts[:2])
+    assert len(ranked) == 4 and [i for i, _, _ in ranked[2:]] == [2, 3] and pairs == 2
+    assert [s for _, _, s in ranked[2:]] == [-math.inf, -math.inf]  # their fused scores
+    assert tokens == core.scorer.tokens_read(query, texts[:2]) + core.scorer.prior([query])[1][0]
 
 
 @pytest.mark.parametrize("build", ["llama_index", "langchain", "service", "core"])

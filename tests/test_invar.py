@@ -20,6 +20,7 @@ from invar_rag_integrations.invar import (
     fused_score,
 )
 from invar_rag_integrations.invar.artifacts import load_reranker, save_retriever
+from invar_rag_integrations.invar.calibration import pair_features
 from invar_rag_integrations.invar.precision import resolve_precision
 from invar_rag_integrations.invar.projector import Projector
 from invar_rag_integrations.models import load_base_lm
@@ -173,27 +174,37 @@ def test_soft_tokens_read_the_coarse_vectors_and_train_the_projector(lm) -> None
     assert all(p.grad is not None for p in projector.parameters())
 
 
-def test_two_stage_scores_are_the_fused_score_of_the_candidates(zero_shot) -> None:
+def test_two_stage_ranks_by_its_setting_and_scores_the_calibrated_probability(zero_shot) -> None:
     query = "who discovered penicillin"
     [proposed] = zero_shot.candidates([query])
-    [result] = zero_shot.search([query], 6)
-    assert sorted(result.ids) == sorted(proposed.ids)
-    assert result.scores == sorted(result.scores, reverse=True)
     by_id = {p.id: p for p in demo_passages()}
-    r = zero_shot.scorer.score(query, [by_id[i] for i in result.ids])
+    nodes = [by_id[i] for i in proposed.ids]
+    r = zero_shot.scorer.score(query, nodes)
     coarse_q = zero_shot.reranker.coarse([query])[0]
-    coarse_d = zero_shot.reranker.coarse([by_id[i].full_text() for i in result.ids])
-    [bm25] = zero_shot.bm25_term([query], [result.ids])
+    coarse_d = zero_shot.reranker.coarse([p.full_text() for p in nodes])
+    [bm25] = zero_shot.bm25_term([query], [proposed.ids])
     assert bm25.max() <= 1.0 and bm25.min() >= 0.0
-    expected = fused_score(r, coarse_d @ coarse_q, zero_shot.settings.cos_weight,
-                           zero_shot.settings.tau, bm25, zero_shot.settings.bm25_weight)
-    assert np.allclose(result.scores, expected, atol=1e-4)
+    fused = fused_score(r, coarse_d @ coarse_q, zero_shot.settings.cos_weight,
+                        zero_shot.settings.tau, bm25, zero_shot.settings.bm25_weight)
+    prior, _ = zero_shot.scorer.prior([query])
+    table = pair_features(zero_shot.settings, r, prior[0], coarse_d @ coarse_q,
+                          zero_shot.scorer.node_lengths(nodes),
+                          bm25, np.arange(len(nodes)), proposed.scores)
+    probability = zero_shot.reranker.calibration.probabilities("retriever", table,
+                                                               np.ones(len(nodes), bool))
+    assert ((probability > 0) & (probability < 1)).all()
+    for rank_by, key in (("fused", fused), ("probability", probability)):
+        zero_shot.settings.rank_by = rank_by
+        [result] = zero_shot.search([query], 6)
+        assert result.ids == [proposed.ids[j] for j in np.argsort(-key, kind="stable")]
+        expected = {i: p for i, p in zip(proposed.ids, probability)}
+        assert np.allclose(result.scores, [expected[i] for i in result.ids], atol=1e-4)
 
 
 def test_reranker_orders_any_candidates_and_handles_edge_cases(zero_shot) -> None:
     reranker = zero_shot.reranker
     ranked = reranker.rerank("who discovered penicillin", PASSAGES, top_n=2)
-    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1]
+    assert len(ranked) == 2 and 1 > ranked[0][1] >= ranked[1][1] > 0
     assert reranker.rerank("who discovered penicillin", []) == []
     with pytest.raises(ValueError, match="empty"):
         reranker.rerank(" ", PASSAGES)

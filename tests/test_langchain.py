@@ -143,6 +143,16 @@ def test_compressor_reranks_any_retrievers_documents(rag: InvarRAG) -> None:
         "who discovered penicillin", [document_passage(d) for d in documents], 2)
     assert [d.id for d in kept] == [documents[i].id for i, _ in order]
     assert [d.metadata["relevance_score"] for d in kept] == pytest.approx([s for _, s in order])
+    assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in kept)
+    every = reranker.compress_documents(documents, "who discovered penicillin")
+    threshold = kept[1].metadata["relevance_score"]
+    above = InvarReranker(retriever=rag.retriever, top_n=8, score_threshold=threshold) \
+        .compress_documents(documents, "who discovered penicillin")
+    assert [d.id for d in above] == [d.id for d in InvarReranker(
+        retriever=rag.retriever, top_n=8).compress_documents(documents,
+                                                             "who discovered penicillin")
+        if d.metadata["relevance_score"] >= threshold]
+    assert [d.id for d in above][:2] == [d.id for d in every]
     assert kept[0].metadata["title"] == documents[order[0][0]].metadata["title"]
     assert reranker.compress_documents([], "anything") == []
     with pytest.raises(ValueError, match="non-empty"):

@@ -200,3 +200,26 @@ def test_async_retrieval_does_not_block_the_event_loop(
 
     ticks, results = ticks_while([retriever.aretrieve(QueryBundle(q)) for q in QUERIES[:2]])
     assert ticks >= 10 and all(len(r) == 3 for r in results)
+
+
+def test_a_similarity_cutoff_after_the_reranker_keeps_exactly_the_nodes_at_or_above_it(
+        core: TwoStageRetriever, nodes: list[TextNode]) -> None:
+    from llama_index.core.postprocessor import SimilarityPostprocessor
+
+    def candidates() -> list[NodeWithScore]:
+        return [NodeWithScore(node=n.model_copy(deep=True), score=1.0) for n in nodes[:8]]
+
+    query = "who discovered penicillin"
+    ranked = InvarReranker(core, top_n=8).postprocess_nodes(candidates(), query_str=query)
+    scores = [n.score for n in ranked]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+    cutoff = float(sorted(scores)[len(scores) // 2])  # a value some nodes reach, others not
+    kept = SimilarityPostprocessor(similarity_cutoff=cutoff).postprocess_nodes(ranked)
+    expected = [n.node.node_id for n in ranked if n.score >= cutoff]
+    assert 0 < len(expected) < len(ranked)
+    assert [n.node.node_id for n in kept] == expected
+    own = InvarReranker(core, top_n=8, score_threshold=cutoff).postprocess_nodes(
+        candidates(), query_str=query)
+    assert [n.node.node_id for n in own] == expected
+    with pytest.raises(ValueError, match="score_threshold must be a relevance probability"):
+        InvarReranker(core, score_threshold=2.0)

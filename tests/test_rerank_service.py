@@ -137,6 +137,7 @@ def test_llamaindex_cohere_rerank_gets_the_invar_order(live, core):
          for i, t in enumerate(DOCS)], QueryBundle(QUERY))
     assert [n.node.node_id for n in remote] == [n.node.node_id for n in local]
     assert [n.score for n in remote] == pytest.approx([n.score for n in local], rel=1e-5)
+    assert all(0.0 <= n.score <= 1.0 for n in remote)  # relevance probabilities
 
 
 def test_llamaindex_jina_rerank_gets_the_invar_order(live, core):
@@ -164,6 +165,7 @@ def test_langchain_cohere_rerank_gets_the_invar_order(live, core):
     assert [d.metadata["n"] for d in compressed] == [i for i, _ in expected]
     assert [d.metadata["relevance_score"] for d in compressed] == \
         pytest.approx([s for _, s in expected], rel=1e-5)
+    assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in compressed)
 
 
 def test_llamaindex_tei_rerank_gets_the_invar_order(live, core):
@@ -177,6 +179,7 @@ def test_llamaindex_tei_rerank_gets_the_invar_order(live, core):
     expected = in_process_order(core, 4)
     assert [n.node.get_content() for n in remote] == [DOCS[i] for i, _ in expected]
     assert [n.score for n in remote] == pytest.approx([s for _, s in expected], rel=1e-5)
+    assert all(0.0 <= n.score <= 1.0 for n in remote)
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -193,8 +196,9 @@ def test_every_rerank_path_answers_the_schema_best_first(live, core, path):
     assert [r["index"] for r in body["results"]] == [i for i, _ in expected]
     assert [r["document"]["text"] for r in body["results"]] == [DOCS[i] for i, _ in expected]
     scores = [r["relevance_score"] for r in body["results"]]
-    assert scores == sorted(scores, reverse=True)
-    assert scores[-1] == -1e30 and body["results"][-1]["index"] == len(DOCS) - 1  # the empty one
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= p <= 1.0 for p in scores)
+    assert scores[-1] == 0.0 and body["results"][-1]["index"] == len(DOCS) - 1  # the empty one
+    assert all("raw_score" not in r for r in body["results"])
     assert body["usage"]["documents"] == len(DOCS) and body["usage"]["total_tokens"] > 100
 
 
@@ -210,10 +214,31 @@ def test_rerank_also_answers_text_embeddings_inference_requests(live, core):
     bare = httpx.post(url + "/rerank", json={"query": QUERY, "texts": DOCS[:2]}, headers=AUTH,
                       timeout=60).json()
     assert sorted(r["index"] for r in bare) == [0, 1] and all("text" not in r for r in bare)
+    [found] = core.rerank_reading([QUERY], [DOCS])
+    assert [r["score"] for r in answer.json()] == pytest.approx(
+        [max(f, -1e30) for f in found.fused], rel=1e-5)  # raw_scores: the fused score
+    assert [r["score"] for r in bare] == pytest.approx(
+        [p for _, p in core.rerank(QUERY, DOCS[:2])], rel=1e-5)  # else the probability
     wrong = httpx.post(url + "/rerank", json={"query": QUERY, "texts": "one"}, headers=AUTH)
     assert wrong.status_code == 422 and "texts" in wrong.text
     assert httpx.post(url + "/v1/rerank", json={"query": QUERY, "texts": DOCS},
                       headers=AUTH).status_code == 422  # TEI's schema is /rerank's alone
+
+
+def test_a_score_threshold_keeps_the_documents_at_or_above_it(live, core):
+    url, _ = live
+    expected = in_process_order(core, len(DOCS))
+    threshold = expected[2][1]
+    body = rerank(url, {"score_threshold": threshold}).json()
+    assert [r["index"] for r in body["results"]] == [i for i, p in expected if p >= threshold]
+    assert len(body["results"]) >= 3
+    assert [r["index"] for r in rerank(url, {"score_threshold": 1.0}).json()["results"]] == []
+    refused = rerank(url, {"score_threshold": 1.5})
+    assert refused.status_code == 422 and "score_threshold" in refused.text
+    tei = httpx.post(url + "/rerank", json={"query": QUERY, "texts": DOCS,
+                                            "score_threshold": threshold},
+                     headers=AUTH, timeout=60).json()
+    assert [r["index"] for r in tei] == [r["index"] for r in body["results"]]
 
 
 def test_top_n_beyond_the_documents_returns_them_all_and_no_documents_when_asked_not_to(live):
@@ -396,11 +421,14 @@ def test_early_stop_reads_the_first_documents_and_returns_the_rest_unread_in_ord
     with running(create_app(core, ServiceSettings(read_first=2, stop_margin=0.0))) as url:
         answer = rerank(url, {"documents": documents}, headers={}).json()
         assert_serving(url)
+        raw = rerank(url, {"documents": documents, "raw_scores": True}, headers={}).json()
     results = answer["results"]
-    assert {r["index"] for r in results[:2]} == {0, 1}
-    assert [(r["index"], r["relevance_score"]) for r in results[2:]] == \
-        [(i, UNSCORED_IN_JSON) for i in (2, 3, 4)]
-    assert answer["usage"]["total_tokens"] == core.scorer.tokens_read(QUERY, documents[:2])
+    unread = [r for r in raw["results"] if r["raw_score"] == UNSCORED_IN_JSON]
+    assert sorted(r["index"] for r in unread) == [2, 3, 4]  # read: the first two
+    assert all(0.0 < r["relevance_score"] < 1.0 for r in results)  # unread ones too
+    assert [r["relevance_score"] for r in results] == [r["relevance_score"] for r in raw["results"]]
+    assert answer["usage"]["total_tokens"] == core.scorer.tokens_read(QUERY, documents[:2]) + \
+        core.scorer.prior([QUERY])[1][0]  # the question once with no passage
 
 
 def test_a_full_queue_refuses_with_503_semantics_and_a_closed_batcher_takes_nothing():

@@ -121,3 +121,35 @@ def f1_score(prediction: str, answers: Iterable[str]) -> float:
             precision, recall = common / len(pred), common / len(gold)
             best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+def reliability_bins(probability: Sequence[float], relevant: Sequence[bool],
+                     bins: int = 10) -> list[tuple[float, float, int]]:
+    """A reliability diagram: per equal-width probability bin that holds pairs, ``(mean
+    probability, share relevant, pairs)``."""
+    import numpy as np
+
+    p, y = np.asarray(probability, np.float64), np.asarray(relevant, bool)
+    if len(p) != len(y) or not len(p):
+        raise ValueError(f"need as many outcomes as probabilities (and some), got {len(y)} "
+                         f"and {len(p)}")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    return [(float(p[which == b].mean()), float(y[which == b].mean()), int((which == b).sum()))
+            for b in range(bins) if (which == b).any()]
+
+
+def calibration_errors(probability: Sequence[float], relevant: Sequence[bool],
+                       bins: int = 10) -> dict[str, float]:
+    """How well probabilities match outcomes: ``ece`` (expected calibration error over
+    ``bins`` equal-width bins: the pairs-weighted gap between mean probability and the share
+    relevant), ``brier`` (mean squared error) and ``auroc_relevant`` (relevant against not
+    relevant; NaN when only one kind is there)."""
+    import numpy as np
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    found = reliability_bins(probability, relevant, bins)
+    p, y = np.asarray(probability, np.float64), np.asarray(relevant, bool)
+    ece = sum(abs(mean - share) * n for mean, share, n in found) / len(p)
+    auroc = roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
+    return {"ece": float(ece), "brier": float(brier_score_loss(y, p)),
+            "auroc_relevant": float(auroc)}

@@ -6,7 +6,8 @@
   the scorer through ``InvarScorer.use_engine``);
 - ``scorer``: ``InvarScorer.read``, the one reading of (queries, nodes) -> node scores, run
   with gradients in training and under inference mode in serving;
-- ``fusion``: the fused score; ``early_stop``: how many candidates are read;
+- ``fusion``: the fused score; ``calibration``: the relevance probability every score that
+  leaves the package is; ``early_stop``: how many candidates are read;
 - ``reranker``: stage 2 over any candidates; ``two_stage``: the two-stage retriever;
 - ``projector``, ``artifacts``: the trained parts and how they are saved and loaded;
 - ``checks``: what the framework shells accept.

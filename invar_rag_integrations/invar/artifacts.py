@@ -1,11 +1,13 @@
-"""A system's retriever on disk: saving the scorer's trained parts with its manifest entry,
-loading them back after checking identities and hash, and the zero-shot retriever's parts."""
+"""A system's retriever on disk: saving the scorer's trained parts and its calibration with its
+manifest entry, loading them back after checking identities and hash, and the zero-shot
+retriever's parts."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,22 +22,50 @@ from ..system import (
     is_system_dir,
     model_identity,
     read_manifest,
+    write_manifest,
     write_stage,
 )
+from .calibration import Calibration, zero_shot_calibration
 from .projector import Projector, zero_head
 from .reranker import Stage2Reranker
 from .scorer import InvarScorer
 from .settings import RETRIEVER_ADAPTER, InvarSettings
 
+ZERO_SHOT_BASE = "smollm2"  # the base model the embedded calibration was fitted for
+UNCALIBRATED = ("{what}: its scores have not been calibrated (a system written before "
+                "calibration, or settings the embedded calibration was not fitted for); the "
+                "relevance probabilities use the embedded zero-shot calibration instead. Run "
+                "`invar-rag calibrate` to fit its own")
+
 
 def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
-                   coarse_identity: str, *weights: Path | None) -> str:
-    """Identity of a scorer: its settings (as the manifest stores them), both models and its
-    trained weight files (adapter, projector, head; ``None`` where it has none)."""
+                   coarse_identity: str, *weights: Path | None,
+                   calibration: Calibration | None = None) -> str:
+    """Identity of a scorer: its settings (as the manifest stores them), both models, its
+    trained weight files (adapter, projector, head; ``None`` where it has none) and its
+    calibration (a system written before calibration has none: its hash is unchanged)."""
     stored = settings if isinstance(settings, dict) else asdict(settings)
     parts = [json.dumps(stored, sort_keys=True), base_identity, coarse_identity,
              *(hash_file(w) if w is not None else "none" for w in weights)]
+    if calibration is not None:
+        parts.append(calibration.fingerprint())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+# which candidates are read, how deep and in what order: not how one is scored
+POLICY_FIELDS = ("candidates", "read_first", "stop_margin", "rank_by")
+
+
+def embedded_calibration(base_name: str, settings: InvarSettings, what: str) -> Calibration:
+    """The embedded zero-shot calibration: fitted for the zero-shot scorer on the embedded base
+    model with the default settings (the early stop and the order apart); for anything else it
+    is a fallback, said once."""
+    scored = {k: v for k, v in asdict(settings).items() if k not in POLICY_FIELDS}
+    defaults = {k: v for k, v in asdict(InvarSettings()).items() if k not in POLICY_FIELDS}
+    fitted_for = base_name == ZERO_SHOT_BASE and scored == defaults
+    if not fitted_for:
+        warnings.warn(UNCALIBRATED.format(what=what), stacklevel=3)
+    return zero_shot_calibration(calibrated=fitted_for)
 
 
 def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSettings,
@@ -49,15 +79,18 @@ def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSett
         raise ValueError("soft tokens and a head need trained weights; the zero-shot scorer has "
                          "none (set num_soft_tokens = 0 and head = False)")
     scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(), precision=precision)
-    digest = retriever_hash(settings, lm.invar_source.identity, coarse.invar_source.identity)
-    return Stage2Reranker(scorer, coarse, settings), digest
+    calibration = embedded_calibration(base_model, settings, f"the zero-shot {base_model} scorer")
+    digest = retriever_hash(settings, lm.invar_source.identity, coarse.invar_source.identity,
+                            calibration=calibration)
+    return Stage2Reranker(scorer, coarse, settings, calibration), digest
 
 
 def save_retriever(reranker: Stage2Reranker, path: str | os.PathLike[str],
                    training_args: dict[str, Any] | None = None,
                    metrics: dict[str, Any] | None = None) -> Path:
-    """Save the scorer (its ``retriever`` adapter and projector, when it has them) and its
-    manifest entry into system directory ``path``; other entries (the generator) are kept.
+    """Save the scorer (its ``retriever`` adapter and projector, when it has them), its
+    calibration (when fitted for it: a fallback is not stored) and its manifest entry into
+    system directory ``path``; other entries (the generator) are kept.
 
     Raises:
         ValueError: The directory's manifest names another base model.
@@ -87,14 +120,45 @@ def save_retriever(reranker: Stage2Reranker, path: str | os.PathLike[str],
         head = path / HEAD_FILE
         save_file({k: v.detach().cpu().contiguous() for k, v in scorer.head.state_dict().items()},
                   str(head))
-    manifest.update(base_model=base, coarse_encoder=coarse)
+    calibration = reranker.calibration if reranker.calibration.calibrated else None
+    manifest.update(base_model=base, coarse_encoder=coarse, format=FORMAT)
     write_stage(path, manifest, "retriever", {
         "adapter": scorer.adapter, "projector": PROJECTOR_FILE if projector else None,
         "head": HEAD_FILE if head else None, "settings": asdict(reranker.settings),
+        "calibration": calibration.to_dict() if calibration else None,
         "hash": retriever_hash(reranker.settings, base["identity"], coarse["identity"], adapter,
-                               projector, head),
+                               projector, head, calibration=calibration),
     }, training_args, metrics)
     return path
+
+
+def weight_files(path: Path, entry: dict[str, Any]) -> tuple[Path | None, ...]:
+    """The adapter, projector and head files of a manifest's retriever entry (``None`` where
+    it has none), checked to exist."""
+    found = (path / entry["adapter"] / "adapter_model.safetensors" if entry["adapter"] else None,
+             path / entry["projector"] if entry["projector"] else None,
+             path / entry["head"] if entry.get("head") else None)
+    for file in found:
+        if file is not None and not file.is_file():
+            raise FileNotFoundError(f"retriever file missing: {file}")
+    return found
+
+
+def store_calibration(path: Path, calibration: Calibration, report: dict[str, Any]) -> None:
+    """Store ``calibration`` in system ``path``'s retriever entry (its hash renewed, the
+    manifest's format raised) and ``report`` under ``metrics.calibration``; the rest of the
+    manifest (training records, the generator) is kept."""
+    manifest = read_manifest(path)
+    entry = manifest.get("retriever")
+    if entry is None:
+        raise ValueError(f"{path / MANIFEST}: this system has no retriever to calibrate")
+    entry["calibration"] = calibration.to_dict()
+    entry["hash"] = retriever_hash(entry["settings"], manifest["base_model"]["identity"],
+                                   manifest["coarse_encoder"]["identity"],
+                                   *weight_files(path, entry), calibration=calibration)
+    manifest["format"] = FORMAT
+    manifest.setdefault("metrics", {})["calibration"] = report
+    write_manifest(path, manifest)
 
 
 def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
@@ -137,16 +201,13 @@ def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
                          f"{manifest['coarse_encoder']['identity']}, but "
                          f"{manifest['coarse_encoder']['name']!r} is now "
                          f"{coarse.invar_source.identity}")
-    adapter = path / entry["adapter"] / "adapter_model.safetensors" if entry["adapter"] else None
-    projector_file = path / entry["projector"] if entry["projector"] else None
-    head_file = path / entry["head"] if entry.get("head") else None
-    for file in (adapter, projector_file, head_file):
-        if file is not None and not file.is_file():
-            raise FileNotFoundError(f"retriever file missing: {file}")
+    adapter, projector_file, head_file = weight_files(path, entry)
+    stored = entry.get("calibration")
+    calibration = Calibration.from_dict(stored) if stored else None
     # the hash covers the settings as stored: a manifest written before a setting existed
     # still loads, and the setting takes its default
     digest = retriever_hash(entry["settings"], expected, coarse.invar_source.identity, adapter,
-                            projector_file, head_file)
+                            projector_file, head_file, calibration=calibration)
     if digest != entry["hash"]:
         raise ValueError(f"{path}: the retriever's settings or weights differ from the ones the "
                          f"manifest was written for (hash {digest[:12]} != {entry['hash'][:12]})")
@@ -164,4 +225,6 @@ def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
     scorer = InvarScorer(lm, tokenizer, settings.scorer_settings(),
                          RETRIEVER_ADAPTER if adapter is not None else None, projector, head,
                          precision=precision)
-    return Stage2Reranker(scorer, coarse, settings), manifest
+    if calibration is None:
+        calibration = embedded_calibration("", settings, str(path))  # never fitted for it
+    return Stage2Reranker(scorer, coarse, settings, calibration), manifest

@@ -1,6 +1,8 @@
 """Stage 2 over any candidates: the Invar scorer fused with the coarse cosine (and BM25, when the
 two-stage retriever has it), with the early stop wired once for every caller (the reranker, the
-two-stage retriever, the framework shells, the rerank service)."""
+two-stage retriever, the framework shells, the rerank service), and the relevance probability
+every caller hands out (``calibration.py``).
+"""
 
 from __future__ import annotations
 
@@ -14,21 +16,52 @@ from ..data import Passage
 from ..models.adapters import model_lock
 from ..retrieval.base import check_k, check_text
 from ..retrieval.dense import DenseRetriever, best_window_cosines
+from .calibration import STAGE1_FEATURES, Calibration, pair_features, zero_shot_calibration
 from .early_stop import STOP_MARGIN, check_policy, read_until_clear
 from .fusion import settings_score
 from .scorer import InvarScorer
 from .settings import InvarSettings
 
-# score(queries picked, their candidate slices) -> (fused scores, tokens read) per picked query
-PartScorer = Callable[[list[int], list[slice]], tuple[list[np.ndarray], list[int]]]
+# score(queries picked, their candidate slices) -> Part of each picked query
+PartScorer = Callable[[list[int], list[slice]], "Part"]
+
+
+@dataclass
+class Part:
+    """Stage 2 over some of each query's candidates: the fused scores ``s``, the scorer's ``r``
+    of each, and the tokens the LM read per query."""
+
+    fused: list[np.ndarray]
+    lm: list[np.ndarray]
+    tokens: list[int]
+
+
+@dataclass
+class Steps:
+    """Every candidate of each query after the early stop: ``fused`` (``UNSCORED`` where
+    unread), ``lm`` (NaN where unread), the tokens read per query."""
+
+    fused: list[np.ndarray]
+    lm: list[np.ndarray]
+    tokens: list[int]
+
+
+def ranking(fused: np.ndarray, probability: np.ndarray, rank_by: str) -> np.ndarray:
+    """The order of one query's candidates, best first: by the relevance probability, or by
+    the fused score (unread ones after the read ones, in the given order); ties keep the given
+    order."""
+    key = probability if rank_by == "probability" else fused
+    return np.argsort(-np.asarray(key, np.float64), kind="stable")
 
 
 @dataclass
 class Reranked:
-    """One query's candidates ranked: ``(index into the candidates, s)`` best first (unread
-    ones last, in the given order, scored ``UNSCORED``), and the tokens the LM read."""
+    """One query's candidates ranked: ``(index into the candidates, relevance probability)``
+    best first, ``fused``: each ranked candidate's fused score ``s`` (``UNSCORED`` where the
+    early stop left it unread), and the tokens the LM read."""
 
     ranked: list[tuple[int, float]]
+    fused: list[float]
     tokens: int
 
 
@@ -39,10 +72,26 @@ class Stage2Reranker:
         scorer: The Invar scorer.
         coarse_encoder: The coarse ``SentenceTransformer`` (MiniLM).
         settings: The retriever settings (``cos_weight``, ``tau``).
+        calibration: Its relevance calibrators (default: the embedded zero-shot ones, marked
+            as not fitted for this scorer).
     """
 
-    def __init__(self, scorer: InvarScorer, coarse_encoder: Any, settings: InvarSettings):
+    def __init__(self, scorer: InvarScorer, coarse_encoder: Any, settings: InvarSettings,
+                 calibration: Calibration | None = None):
         self.scorer, self.coarse_encoder, self.settings = scorer, coarse_encoder, settings
+        self._calibration = calibration
+
+    @property
+    def calibration(self) -> Calibration:
+        """The relevance calibrators (the embedded zero-shot ones, loaded on first use, when
+        none were given)."""
+        if self._calibration is None:
+            self._calibration = zero_shot_calibration(calibrated=False)
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, calibration: Calibration) -> None:
+        self._calibration = calibration
 
     def use_passage_cache(self, max_mb: float | None) -> None:
         """Keep read windows' states (``InvarScorer.use_passage_cache``)."""
@@ -54,6 +103,7 @@ class Stage2Reranker:
         scorer = self.scorer
         found: dict[str, Any] = {
             "scorer_engine": "hf" if scorer.engine is None else "vllm",
+            "scores_calibrated": self.calibration.calibrated,
             "nodes_read_in_part": scorer.window_counts.get("nodes_read_in_part", 0)}
         if scorer.passage_cache is not None:
             cache = scorer.passage_cache
@@ -108,11 +158,11 @@ class Stage2Reranker:
               query_coarse: np.ndarray, passage_coarse: Sequence[np.ndarray] | None = None,
               cosines: Sequence[np.ndarray] | None = None,
               bm25: Sequence[np.ndarray] | None = None,
-              lm: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[int]]:
-        """``s(q, d)`` for each query's candidates and the tokens the LM read per query. The
-        candidates' coarse vectors and cosines are computed when not given (the two-stage
-        retriever passes those its index holds, and the BM25 term), and so is the scorer's
-        ``r`` (``lm``: already computed, e.g. from a cache; then nothing is read)."""
+              lm: Sequence[np.ndarray] | None = None) -> Part:
+        """``s(q, d)`` for each query's candidates, their ``r`` and the tokens the LM read per
+        query. The candidates' coarse vectors and cosines are computed when not given (the
+        two-stage retriever passes those its index holds, and the BM25 term), and so is the
+        scorer's ``r`` (``lm``: already computed, e.g. from a cache; then nothing is read)."""
         if passage_coarse is None or cosines is None:
             passage_coarse, cosines = self.coarse_candidates(query_coarse, candidates)
         tokens = [0] * len(queries)
@@ -120,34 +170,67 @@ class Stage2Reranker:
             reading = self.scorer.serve(queries, candidates, query_coarse, passage_coarse)
             lm, tokens = [s.numpy() for s in reading.scores], reading.tokens
         bm25 = bm25 if bm25 is not None else [None] * len(lm)
-        return [settings_score(self.settings, r, cos, b)
-                for r, cos, b in zip(lm, cosines, bm25)], tokens
+        return Part([settings_score(self.settings, r, cos, b)
+                     for r, cos, b in zip(lm, cosines, bm25)], list(lm), tokens)
 
     @staticmethod
     def read_in_steps(counts: Sequence[int], read_first: int, stop_margin: float,
-                      score: PartScorer) -> tuple[list[np.ndarray], list[int]]:
+                      score: PartScorer) -> Steps:
         """Each query's fused scores under the early stop (``early_stop.read_until_clear``),
-        and the tokens read per query: the one wiring of the policy."""
+        with the scorer's ``r`` of what was read and the tokens read per query: the one wiring
+        of the policy."""
         tokens = [0] * len(counts)
+        lm = [np.full(n, np.nan) for n in counts]
 
         def counted(picked: list[int], parts: list[slice]) -> list[np.ndarray]:
-            found, read = score(picked, parts)
-            for i, n in zip(picked, read):
+            found = score(picked, parts)
+            for i, part, r, n in zip(picked, parts, found.lm, found.tokens):
+                lm[i][part] = r
                 tokens[i] += n
-            return found
+            return found.fused
 
-        return read_until_clear(counts, read_first, stop_margin, counted), tokens
+        return Steps(read_until_clear(counts, read_first, stop_margin, counted), lm, tokens)
+
+    def features(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
+                 lm: Sequence[np.ndarray], cosines: Sequence[np.ndarray],
+                 prior: np.ndarray | None = None, **terms: Sequence[Any] | None,
+                 ) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        """What the calibrators read of every query's candidates (``calibration.pair_features``;
+        ``lm``: ``r``, NaN where unread; ``terms``: the two-stage retriever's ``bm25``,
+        ``rank`` and ``stage1`` per query), and the tokens read for it per query (the question
+        once with no passage; ``prior``: those likelihoods, when already read)."""
+        tokens = [0] * len(queries)
+        if prior is None:
+            prior, tokens = self.scorer.prior(queries)
+        return [pair_features(self.settings, lm[i], prior[i], cosines[i],
+                              self.scorer.node_lengths(nodes),
+                              **{k: v[i] if v is not None else None for k, v in terms.items()})
+                for i, nodes in enumerate(candidates)], tokens
+
+    def probabilities(self, path: str, tables: Sequence[dict[str, np.ndarray]],
+                      ) -> list[np.ndarray]:
+        """P(relevant) of every query's candidates on ``path`` (``reranker`` or ``retriever``),
+        each read where its ``lm`` is known; a two-stage retriever without BM25 in stage 1
+        uses the reranker's calibrators."""
+        found = []
+        for table in tables:
+            usable = path if set(STAGE1_FEATURES) <= set(table) else "reranker"
+            found.append(self.calibration.probabilities(usable, table,
+                                                        ~np.isnan(table["lm"])))
+        return found
 
     def rerank(self, query: str, candidates: Sequence[Passage | str],
                top_n: int | None = None, read_first: int | None = None,
                stop_margin: float = STOP_MARGIN) -> list[tuple[int, float]]:
-        """``(index into candidates, s)`` of the best ``top_n`` candidates (default: all),
-        best first; an empty candidate list gives an empty result.
+        """``(index into candidates, relevance probability)`` of the best ``top_n`` candidates
+        (default: all), best first (by ``settings.rank_by``); an empty candidate list gives an
+        empty result.
 
         ``read_first``: read the first ``read_first`` candidates (in the given order: the
         retriever's), and the rest only while their leader's ``s`` beats the runner-up's by less
-        than ``stop_margin`` (``early_stop.py``, the retriever's policy); candidates left unread
-        follow the read ones in the given order, scored ``UNSCORED``. ``None`` reads every one.
+        than ``stop_margin`` (``early_stop.py``, the retriever's policy, in fused-score units);
+        a candidate left unread gets its probability from the features it has (its cosine and
+        length). ``None`` reads every one.
         """
         return self.rerank_batch([query], [candidates], [top_n], read_first, stop_margin)[0]
 
@@ -179,20 +262,29 @@ class Stage2Reranker:
         if read_first is not None:
             check_policy(read_first, stop_margin)
         asked = [i for i, cands in enumerate(candidates) if cands]
+        found = [Reranked([], [], 0) for _ in queries]
+        if not asked:
+            return found
         lists = [list(candidates[i]) for i in asked]
         texts = [queries[i] for i in asked]
-        query_coarse = self.coarse(texts)  # once for both reading steps
+        query_coarse = self.coarse(texts)  # once for both reading steps and the probabilities
+        passage_coarse, cosines = self.coarse_candidates(query_coarse, lists)
 
-        def score(picked: list[int], parts: list[slice]) -> tuple[list[np.ndarray], list[int]]:
+        def score(picked: list[int], parts: list[slice]) -> Part:
             return self.fused([texts[i] for i in picked],
                               [lists[i][part] for i, part in zip(picked, parts)],
-                              query_coarse[picked])
+                              query_coarse[picked],
+                              [passage_coarse[i][part] for i, part in zip(picked, parts)],
+                              [cosines[i][part] for i, part in zip(picked, parts)])
 
         counts = [len(c) for c in lists]
-        scored, tokens = self.read_in_steps(counts, read_first or max(counts), stop_margin,
-                                            score) if asked else ([], [])
-        found = [Reranked([], 0) for _ in queries]
-        for i, scores, read in zip(asked, scored, tokens):
-            order = np.argsort(-scores, kind="stable")
-            found[i] = Reranked([(int(j), float(scores[j])) for j in order], read)
+        steps = self.read_in_steps(counts, read_first or max(counts), stop_margin, score)
+        tables, prior_tokens = self.features(texts, lists, steps.lm, cosines)
+        relevance = self.probabilities("reranker", tables)
+        for n, i in enumerate(asked):
+            fused, probability = steps.fused[n], relevance[n]
+            order = ranking(fused, probability, self.settings.rank_by)
+            found[i] = Reranked([(int(j), float(probability[j])) for j in order],
+                                [float(fused[j]) for j in order],
+                                steps.tokens[n] + prior_tokens[n])
         return found

@@ -289,6 +289,19 @@ class InvarScorer:
         reading = self.serve(queries, candidates, query_coarse, passage_coarse, True)
         return [s.numpy() for s in reading.scores], [f.numpy() for f in reading.features]
 
+    def prior(self, queries: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Each question's ``r`` after the prompt with no passage (what the calibrated
+        relevance subtracts: how predictable the question is by itself) and the tokens read."""
+        with model_lock(self.lm):
+            empty = [self.tokens.row(self.tokens.question(q), []) for q in queries]
+        return self.window_scores(queries, [[] for _ in queries]), [len(r) for r in empty]
+
+    def node_lengths(self, nodes: Sequence[Passage | str]) -> np.ndarray:
+        """Each node's length in the LM's tokens (title included)."""
+        with model_lock(self.lm):
+            found = [self.tokens.node(n) for n in nodes]
+        return np.array([len(n.prefix) + len(n.body) for n in found], np.int64)
+
     @torch.inference_mode()
     def window_scores(self, questions: Sequence[str],
                       windows: Sequence[list[int]]) -> np.ndarray:

@@ -28,12 +28,11 @@ from ..retrieval.base import (
     check_queries,
     read_saved_ids,
     read_saved_manifest,
-    top_k,
 )
 from ..retrieval.dense import encoder_identity
 from ..retrieval.stage1 import bm25_part, dense_part, make_stage1
 from .artifacts import load_reranker, zero_shot_reranker
-from .reranker import Stage2Reranker
+from .reranker import Part, Stage2Reranker, ranking
 from .scorer import InvarScorer
 from .settings import InvarSettings
 
@@ -206,12 +205,11 @@ class TwoStageRetriever(Retriever):
     def candidate_scores(self, queries: list[str], proposed: Sequence[SearchResult],
                          lm: Sequence[np.ndarray] | None = None,
                          query_coarse: np.ndarray | None = None,
-                         bm25: Sequence[np.ndarray] | None = None,
-                         ) -> tuple[list[np.ndarray], list[int]]:
-        """Stage 2: the fused score ``s`` of each stage-1 candidate, in stage 1's order, and the
-        tokens read per query (``lm``: the scorer's ``r`` of the candidates, ``query_coarse``:
-        the queries' coarse vectors, ``bm25``: their BM25 corpus scores, when already
-        computed)."""
+                         bm25: Sequence[np.ndarray] | None = None) -> Part:
+        """Stage 2: the fused score ``s`` and the scorer's ``r`` of each stage-1 candidate, in
+        stage 1's order, and the tokens read per query (``lm``: the scorer's ``r`` of the
+        candidates, ``query_coarse``: the queries' coarse vectors, ``bm25``: their BM25 corpus
+        scores, when already computed)."""
         if query_coarse is None:
             query_coarse = self.reranker.coarse(queries)
         ids = [r.ids for r in proposed]
@@ -229,18 +227,19 @@ class TwoStageRetriever(Retriever):
         return bm25.relative_scores(queries, ids, corpus) if bm25 is not None else None
 
     def rerank_results(self, queries: list[str], proposed: Sequence[SearchResult], k: int,
-                       candidate_scores: Callable[..., tuple[list[np.ndarray], list[int]]]
-                       | None = None, proposal: Proposal | None = None) -> list[SearchResult]:
-        """Stage 2 over stage-1 results: the top ``k`` of each by the fused score, the scorer
-        reading as many candidates as ``read_first`` / ``stop_margin`` say (unread ones follow
-        in stage-1 order, scored ``UNSCORED``); ``candidate_scores`` replaces
+                       candidate_scores: Callable[..., Part] | None = None,
+                       proposal: Proposal | None = None) -> list[SearchResult]:
+        """Stage 2 over stage-1 results: the top ``k`` of each, scored by their relevance
+        probability and ranked by ``settings.rank_by``, the scorer reading as many candidates
+        as ``read_first`` / ``stop_margin`` say (in fused-score units; an unread candidate's
+        probability comes from its stage-1 features); ``candidate_scores`` replaces
         :meth:`candidate_scores` (e.g. one reading cached scorer outputs). ``proposal``: what
         stage 1 computed for these queries (else the queries are encoded here, once)."""
         candidate_scores = candidate_scores or self.candidate_scores
         query_coarse = proposal.query_coarse if proposal else self.reranker.coarse(queries)
         corpus = proposal.bm25 if proposal else None
 
-        def score(picked: list[int], parts: list[slice]) -> tuple[list[np.ndarray], list[int]]:
+        def score(picked: list[int], parts: list[slice]) -> Part:
             return candidate_scores(
                 [queries[i] for i in picked],
                 [SearchResult(proposed[i].ids[part], proposed[i].scores[part])
@@ -248,10 +247,32 @@ class TwoStageRetriever(Retriever):
                 bm25=[corpus[i] for i in picked] if corpus is not None else None)
 
         settings = self.settings
-        scores, _ = self.reranker.read_in_steps(
+        steps = self.reranker.read_in_steps(
             [len(r.ids) for r in proposed], min(settings.read_first, settings.candidates),
             settings.stop_margin, score)
-        return [top_k(result.ids, found, k) for result, found in zip(proposed, scores)]
+        tables, _ = self.candidate_features(queries, proposed, steps.lm, query_coarse, corpus)
+        found = []
+        for result, fused, probability in zip(proposed, steps.fused,
+                                               self.reranker.probabilities("retriever", tables)):
+            order = ranking(fused, probability, settings.rank_by)[:k]
+            found.append(SearchResult([result.ids[j] for j in order],
+                                      [float(probability[j]) for j in order]))
+        return found
+
+    def candidate_features(self, queries: list[str], proposed: Sequence[SearchResult],
+                           lm: Sequence[np.ndarray], query_coarse: np.ndarray,
+                           bm25: Sequence[np.ndarray] | None = None,
+                           prior: np.ndarray | None = None,
+                           ) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        """What the calibrators read of each stage-1 candidate (``Stage2Reranker.features``
+        with the stage-1 terms: BM25, rank, stage 1's score; ``lm``: ``r``, NaN where
+        unread), and the tokens read for it per query."""
+        ids = [r.ids for r in proposed]
+        return self.reranker.features(
+            queries, [[self.passages[i] for i in row] for row in ids], lm,
+            self.passage_cosines(query_coarse, ids), prior,
+            bm25=self.bm25_term(queries, ids, bm25), rank=[np.arange(len(row)) for row in ids],
+            stage1=[r.scores for r in proposed])
 
     def _search(self, queries: list[str], k: int) -> list[SearchResult]:
         proposal = self.propose(queries)

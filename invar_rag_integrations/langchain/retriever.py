@@ -40,7 +40,9 @@ def scored_document(passage: Passage, score: float, original: Document | None = 
 
 
 class InvarRetriever(BaseRetriever):
-    """The top-``k`` documents by the two-stage Invar score, each with ``metadata['score']``.
+    """The top-``k`` documents by the two-stage Invar retriever, each with ``metadata['score']``
+    (with the Invar retriever: the probability that it holds an answer to the query, in [0, 1],
+    calibrated).
 
     Args:
         retriever: An indexed core retriever (``InvarRetriever.from_pretrained(system_dir)`` with

@@ -18,7 +18,9 @@ from ._convert import node_passages
 
 
 class InvarRetriever(BaseRetriever):
-    """Top-``similarity_top_k`` nodes by the two-stage Invar score, best first.
+    """Top-``similarity_top_k`` nodes by the two-stage Invar retriever, best first; with the
+    Invar retriever, each node's score is the probability that it holds an answer to the query
+    (in [0, 1], calibrated), so one ``SimilarityPostprocessor`` cut-off works across queries.
 
     Args:
         retriever: A core retriever (normally ``retrieval.InvarRetriever``, whose model is

@@ -1,11 +1,11 @@
 """The rerank service's ASGI application: thin FastAPI routes over one
 :class:`~.handler.RerankHandler`, with a body limit and an optional API key.
 
-Relevance scores are the fused Invar score ``s(q, d)`` (the scorer's length-normalised question
-log-likelihood fused with the coarse cosine, ``invar/fusion.py``): real numbers, higher is
-better, comparable between the documents of one query, not a probability in [0, 1]. A document
-without text, or left unread by early stop (``read_first``), scores ``UNSCORED_IN_JSON``
-(-1e30; JSON has no -inf), below every document read.
+Relevance scores are calibrated probabilities in [0, 1] that the document holds an answer to
+the query (``invar/calibration.py``), comparable across queries, so clients can threshold on
+them; a document left unread by the early stop (``read_first``) gets its probability from its
+cosine and length, a document without text 0. ``raw_scores`` adds the fused Invar score
+``s(q, d)`` (``invar/fusion.py``; ``UNSCORED_IN_JSON``, -1e30, where unread).
 """
 
 from __future__ import annotations

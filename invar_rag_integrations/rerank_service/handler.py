@@ -29,7 +29,7 @@ from .protocol import (
 from .settings import ServiceSettings
 
 LOG = logging.getLogger("invar_rag_integrations.rerank_service")
-UNSCORED_IN_JSON = -1e30  # JSON has no -inf: a document left unread, or without text
+UNSCORED_IN_JSON = -1e30  # JSON has no -inf: the raw score of a document left unread
 
 
 class RerankHandler:
@@ -51,14 +51,15 @@ class RerankHandler:
             reranker.use_passage_cache(settings.passage_cache_mb)
 
     def score(self, queries: list[str], documents: list[list[str]],
-              top_n: list[int | None]) -> list[tuple[list[tuple[int, float]], int, int]]:
-        """The batcher's call: per query, its ranked ``(index, s)`` pairs (cut to ``top_n``),
-        the tokens the LM read and the documents it read (as the early-stop policy says)."""
+              top_n: list[int | None]) -> list[tuple[list[tuple[int, float, float]], int, int]]:
+        """The batcher's call: per query, its ranked ``(index, relevance probability, s)``
+        (cut to ``top_n``), the tokens the LM read and the documents it read (as the
+        early-stop policy says)."""
         found = self.reranker.rerank_reading(queries, documents,
                                              self.settings.read_first or None,
                                              self.settings.stop_margin)
-        return [(r.ranked[:n], r.tokens, sum(s != UNSCORED for _, s in r.ranked))
-                for r, n in zip(found, top_n)]
+        return [([(i, p, s) for (i, p), s in zip(r.ranked[:n], r.fused)], r.tokens,
+                 sum(s != UNSCORED for s in r.fused)) for r, n in zip(found, top_n)]
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", **self.reranker.status(),
@@ -94,10 +95,14 @@ class RerankHandler:
         ranked, tokens, pairs = [], 0, 0
         if texts:
             ranked, tokens, pairs = await self._scored(request, body.query, texts, top_n)
-        results = [RerankResult(index=i, relevance_score=max(score, UNSCORED_IN_JSON),
+        threshold = body.score_threshold
+        results = [RerankResult(index=i, relevance_score=probability,
                                 document=RerankDocument(text=texts[i])
-                                if body.return_documents else None)
-                   for i, score in ranked]
+                                if body.return_documents else None,
+                                raw_score=max(fused, UNSCORED_IN_JSON) if body.raw_scores
+                                else None)
+                   for i, probability, fused in ranked
+                   if threshold is None or probability >= threshold]
         return RerankResponse(model=settings.model_name, results=results,
                               usage=RerankUsage(documents=len(texts), total_tokens=tokens)), pairs
 

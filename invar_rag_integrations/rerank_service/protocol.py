@@ -7,6 +7,10 @@ as vLLM and the Cohere / Jina clients speak it.
 list of :class:`TEIRank`; ``GET /v1/models`` answers a :class:`ModelList`. Fields the clients
 send that the Invar scorer has no use for (``max_tokens_per_doc``, ``priority``, ``rank_fields``)
 are accepted and ignored: the scorer reads each document whole, in windows.
+
+Every ``relevance_score`` (and TEI's ``score``) is the calibrated probability that the document
+holds an answer to the query, in [0, 1], as Cohere and TEI return relevance; ``raw_scores``
+asks for the fused Invar score beside it (TEI's ``raw_scores: true`` answers with it).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ class RerankRequest(BaseModel):
     """One query and the documents to rank for it.
 
     ``top_n``: how many results to return, best first (``None`` or 0: all documents; more than
-    there are documents: all of them).
+    there are documents: all of them). ``score_threshold``: leave out documents whose relevance
+    probability is below it (``None``: none are left out). ``raw_scores``: also return each
+    result's fused Invar score as ``raw_score``.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -40,6 +46,8 @@ class RerankRequest(BaseModel):
     model: str | None = None
     top_n: int | None = Field(default=None, ge=0)
     return_documents: bool = True
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    raw_scores: bool = False
 
     def texts(self) -> list[str]:
         """The documents' texts, in the order given."""
@@ -47,16 +55,20 @@ class RerankRequest(BaseModel):
 
 
 class RerankResult(BaseModel):
-    """One ranked document: its position in the request, and its fused Invar score."""
+    """One ranked document: its position in the request, the probability that it holds an
+    answer to the query and, when asked (``raw_scores``), its fused Invar score (-1e30 for a
+    document the early stop left unread: it has none)."""
 
     index: int
-    relevance_score: float
+    relevance_score: float = Field(ge=0.0, le=1.0)
     document: RerankDocument | None = None
+    raw_score: float | None = None
 
 
 class RerankUsage(BaseModel):
     """What the scorer read: each document's tokens, windows included, plus the question's
-    tokens once per window (``total_tokens``), over ``documents`` documents."""
+    tokens once per window and once with no passage (what the relevance probability reads;
+    ``total_tokens``), over ``documents`` documents."""
 
     documents: int
     total_tokens: int
@@ -72,20 +84,24 @@ class RerankResponse(BaseModel):
 
 
 class TEIRerankRequest(BaseModel):
-    """text-embeddings-inference's rerank request: the query and the ``texts`` to rank
-    (``raw_scores``, ``truncate`` and ``truncation_direction`` are accepted and ignored: scores
-    are the fused Invar scores either way, and documents are read whole, in windows)."""
+    """text-embeddings-inference's rerank request: the query and the ``texts`` to rank; scores
+    are relevance probabilities, or the fused Invar scores with ``raw_scores`` (``truncate``
+    and ``truncation_direction`` are accepted and ignored: documents are read whole, in
+    windows)."""
 
     model_config = ConfigDict(extra="ignore")
 
     query: str = Field(min_length=1)
     texts: list[str]
     return_text: bool = False
+    raw_scores: bool = False
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     def as_rerank(self) -> RerankRequest:
         """The same request in the Cohere / Jina schema (every text ranked)."""
         return RerankRequest(query=self.query, documents=list(self.texts),
-                             return_documents=self.return_text)
+                             return_documents=self.return_text, raw_scores=self.raw_scores,
+                             score_threshold=self.score_threshold)
 
 
 class TEIRank(BaseModel):
@@ -98,9 +114,10 @@ class TEIRank(BaseModel):
 
 def tei_ranks(answer: RerankResponse) -> list[TEIRank]:
     """A Cohere / Jina answer as text-embeddings-inference gives it: every text's index and
-    score, best first."""
-    return [TEIRank(index=r.index, score=r.relevance_score,
-                    text=r.document.text if r.document else None) for r in answer.results]
+    score (the raw fused score when the request asked for ``raw_scores``), best first."""
+    return [TEIRank(index=r.index, score=r.relevance_score if r.raw_score is None
+                    else r.raw_score, text=r.document.text if r.document else None)
+            for r in answer.results]
 
 
 class ErrorBody(BaseModel):

@@ -32,8 +32,8 @@ class ServiceSettings:
             scorer only); 0: no cache.
         read_first, stop_margin: Early stop (``Stage2Reranker.rerank``): read a request's
             first ``read_first`` documents (in the order sent), the rest only while the
-            leader's score beats the runner-up's by less than ``stop_margin``; unread documents
-            follow in the order sent with ``UNSCORED_IN_JSON`` (-1e30). 0: read every document.
+            leader's fused score beats the runner-up's by less than ``stop_margin``; an unread
+            document's probability comes from its cosine and length. 0: read every document.
     """
 
     model_name: str = "invar-reranker"

@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from invar_rag_integrations.models import load_base_lm, load_coarse_encoder
     from invar_rag_integrations.paths import cache_dir
 
+    from .calibrate import calibrate_on_tuning
     from .lsr import LSRScorer, lsr_cache_file
     from .retriever_data import (
         RetrieverDataset,
@@ -365,11 +366,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # 5. train on the serving score: the LoRA (and the head, if any) through the LM, or, with
     #    the LM frozen, the head on cached scorer outputs; the fusion weight in both
-    tuning = (tune, tune_candidates, tune_query_coarse, tune_passage_coarse, tune_cosines,
-              tune_bm25)
-    train = train_lora if model_args.train_lora else train_frozen
-    reranker, curve, result = train(model_args, settings, loss_args, train_args, lm, tokenizer,
-                                    coarse_encoder, dataset, tuning)
+    reranker, curve, result = (train_lora if model_args.train_lora else train_frozen)(
+        model_args, settings, loss_args, train_args, lm, tokenizer, coarse_encoder, dataset,
+        (tune, tune_candidates, tune_query_coarse, tune_passage_coarse, tune_cosines, tune_bm25))
     if reranker is None:  # not the main process
         return output
 
@@ -384,9 +383,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
                "lsr_seconds": round(prep_seconds, 1), "lsr_computed": lsr.computed,
                "tuning_curve": curve, "best_step": best["step"] if best else None, **result}
 
-    # 7. save the stage-1 index and the system directory
+    # 7. its relevance probabilities (fitted on the tuning questions), index, system directory
+    retriever.reranker = reranker
+    metrics["calibration"] = calibrate_on_tuning(retriever, tune)
     if loss_args.index_after_training:
-        retriever.reranker = reranker
         retriever.save(output / INDEX_DIR, passages)
     metrics["total_seconds"] = round(time.perf_counter() - started, 1)
     save_retriever(reranker, output, all_args, metrics)
