@@ -21,9 +21,12 @@ zero-shot ones (``upr-zero-shot``) and the shipped demo system's fusion weights
    (``*-reranker``: no stage-1 terms), and of two baselines fitted on the same tune pairs:
    ``platt-fused`` (Platt scaling of the fused score, every candidate read) and
    ``cosine-calibrated`` (the stage-1 cosine under the same kind of calibrator).
-3. Acc@1 over all val questions ranked by the fused score (``:rank-fused``, the order before
-   calibration) and by the probability (``:rank-probability``), each under the early stop,
-   beside MiniLM alone; paired wins and losses, and the pairs read per query.
+3. Acc@1 over all val questions, each under the early stop: ranked by the fused score
+   (``:rank-fused``, the order before calibration), by the shipped probability
+   (``:rank-probability``) and by a richer read model that may re-rank
+   (``:rank-rich-probability``: ``r``, the prior, cosine, BM25, length and stage-1 terms apart,
+   fitted on the same chunking's tune pairs), beside MiniLM alone; paired wins and losses, and
+   the pairs read per query.
 
 Writes ``benchmarks/results/calibration.json``.
 """
@@ -43,6 +46,8 @@ from benchmarks.run import DATASETS, ROOT, _row
 
 CHUNKINGS = ("passages", "llama-1024")
 SPLITS = ("tune", "val")
+# a read model that may re-rank: the LM's likelihood, cosine, BM25, length and stage 1 apart
+RICH_FEATURES = ("lm", "prior", "cosine", "bm25", "log_tokens", "stage1_rank", "stage1_score")
 DEMO_SYSTEM = ROOT / "invar_rag_integrations" / "demo" / "system"
 
 
@@ -165,31 +170,33 @@ def single_feature(tune, val, values) -> list[np.ndarray]:
     return [model.probability({"x": v}) for v in values(val)]
 
 
-def ranking_rows(name: str, chunking: str, pairs, settings, calibration,
+def ranking_rows(name: str, chunking: str, pairs, settings, calibrations: dict,
                  minilm_hits: np.ndarray) -> list[dict]:
-    """Acc@1 over all val questions ranked by the fused score and by the probability (each
-    with ``settings``' early stop), and paired wins / losses against the fused ranking and
-    MiniLM."""
+    """Acc@1 over all val questions under ``settings``' early stop: by the fused score (the
+    order before calibration: read candidates by ``s``, unread ones in stage 1's order) and by
+    each calibration's probability (``reranker.ranking``), with paired wins and losses against
+    the fused order and MiniLM, and the pairs read per query."""
     from invar_rag_integrations.invar.reranker import ranking
 
     fused, read = replay(pairs, settings)
-    probabilities = served(calibration, "retriever", pairs, read)
-    hits = {}
-    for rank_by in ("fused", "probability"):
-        hits[rank_by] = np.array([
-            bool(pairs.labels[i][ranking(np.where(read[i], fused[i], -np.inf),
-                                         probabilities[i], rank_by)[0]])
-            for i in range(len(pairs.tables))])
+    n_questions = range(len(pairs.tables))
+    hits = {"rank-fused": np.array([
+        bool(pairs.labels[i][np.argsort(-np.where(read[i], fused[i], -np.inf), kind="stable")[0]])
+        for i in n_questions])}
+    for label, calibration in calibrations.items():
+        probabilities = served(calibration, "retriever", pairs, read)
+        hits[label] = np.array([bool(pairs.labels[i][ranking(probabilities[i], read[i])[0]])
+                                for i in n_questions])
     datasets = np.array(pairs.datasets)
     rows = []
     for dataset in DATASETS:
         mine = datasets == dataset
         n = int(mine.sum())
-        for rank_by, found in hits.items():
-            system = f"{name}:rank-{rank_by}"
+        for label, found in hits.items():
+            system = f"{name}:{label}"
             rows.append(_row(system, dataset, "acc@1", float(found[mine].mean()), n, "val"))
-            for other, against in (("fused", hits["fused"]), ("minilm", minilm_hits)):
-                if other == rank_by:
+            for other, against in (("fused", hits["rank-fused"]), ("minilm", minilm_hits)):
+                if label == "rank-fused" and other == "fused":
                     continue
                 rows += [_row(system, dataset, f"wins_vs_{other}",
                               int((found & ~against)[mine].sum()), n, "val"),
@@ -201,9 +208,10 @@ def ranking_rows(name: str, chunking: str, pairs, settings, calibration,
     return [{**row, "chunking": chunking} for row in rows]
 
 
-def chunking_rows(data: Chunking, systems: dict, calibrations: dict) -> list[dict]:
+def chunking_rows(data: Chunking, systems: dict, calibrations: dict, tune_all) -> list[dict]:
     """Every row of one chunking: ``systems`` names retriever settings, ``calibrations`` their
-    calibrations (fitted on the passages tune pairs)."""
+    calibrations; ``tune_all``: the zero-shot tune pairs of every chunking, which the
+    zero-shot calibration and the baselines are fitted on."""
     from invar_rag_integrations.evaluation.metrics import has_answer
     from invar_rag_integrations.training.calibrate import fit_calibration
 
@@ -218,19 +226,22 @@ def chunking_rows(data: Chunking, systems: dict, calibrations: dict) -> list[dic
     for system, settings in systems.items():
         tune, val = data.pairs("tune", settings), data.pairs("val", settings)
         calibration = calibrations[system]
-        fused, read = replay(val, settings)
+        _, read = replay(val, settings)
         rows += error_rows(system, chunking, val, served(calibration, "retriever", val, read))
         rows += error_rows(f"{system}-reranker", chunking, val,
                            served(calibration, "reranker", val, read))
         refit = fit_calibration(tune, f"{chunking} tune")  # its own chunking's tune pairs only
         rows += error_rows(f"{system}-own-chunking", chunking, val,
                            served(refit, "retriever", val, read))
-        rows += ranking_rows(system, chunking, val, settings, calibration, minilm)
-        if system == "upr-zero-shot":  # the baselines, each fitted on the tune pairs
+        rich = fit_calibration(tune, f"{chunking} tune, rich read model", RICH_FEATURES)
+        rows += ranking_rows(system, chunking, val, settings,
+                             {"rank-probability": calibration, "rank-rich-probability": rich},
+                             minilm)
+        if system == "upr-zero-shot":  # the baselines, fitted on the same tune pairs
             rows += error_rows("platt-fused", chunking, val, single_feature(
-                tune, val, lambda p: [t["fused"] for t in p.tables]))
+                tune_all, val, lambda p: [t["fused"] for t in p.tables]))
             rows += error_rows("cosine-calibrated", chunking, val, single_feature(
-                tune, val, lambda p: [t["cosine"] for t in p.tables]))
+                tune_all, val, lambda p: [t["cosine"] for t in p.tables]))
     return rows
 
 
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                                              sort_keys=True) + "\n", encoding="utf-8")
         print(f"wrote {ZERO_SHOT_FILE}", file=sys.stderr)
     for chunking in data.values():
-        rows += chunking_rows(chunking, systems, calibrations)
+        rows += chunking_rows(chunking, systems, calibrations, tune)
     save_and_render("calibration", rows, "benchmarks.calibration", argv)
 
 

@@ -174,7 +174,8 @@ def test_soft_tokens_read_the_coarse_vectors_and_train_the_projector(lm) -> None
     assert all(p.grad is not None for p in projector.parameters())
 
 
-def test_two_stage_ranks_by_its_setting_and_scores_the_calibrated_probability(zero_shot) -> None:
+def test_two_stage_ranks_by_the_fused_score_and_scores_the_calibrated_probability(
+        zero_shot) -> None:
     query = "who discovered penicillin"
     [proposed] = zero_shot.candidates([query])
     by_id = {p.id: p for p in demo_passages()}
@@ -193,12 +194,11 @@ def test_two_stage_ranks_by_its_setting_and_scores_the_calibrated_probability(ze
     probability = zero_shot.reranker.calibration.probabilities("retriever", table,
                                                                np.ones(len(nodes), bool))
     assert ((probability > 0) & (probability < 1)).all()
-    for rank_by, key in (("fused", fused), ("probability", probability)):
-        zero_shot.settings.rank_by = rank_by
-        [result] = zero_shot.search([query], 6)
-        assert result.ids == [proposed.ids[j] for j in np.argsort(-key, kind="stable")]
-        expected = {i: p for i, p in zip(proposed.ids, probability)}
-        assert np.allclose(result.scores, [expected[i] for i in result.ids], atol=1e-4)
+    [result] = zero_shot.search([query], 6)
+    assert result.ids == [proposed.ids[j] for j in np.argsort(-fused, kind="stable")]
+    assert result.scores == sorted(result.scores, reverse=True)  # the same order: s's
+    expected = dict(zip(proposed.ids, probability))
+    assert np.allclose(result.scores, [expected[i] for i in result.ids], atol=1e-4)
 
 
 def test_reranker_orders_any_candidates_and_handles_edge_cases(zero_shot) -> None:

@@ -53,7 +53,7 @@ def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
 
 
 # which candidates are read, how deep and in what order: not how one is scored
-POLICY_FIELDS = ("candidates", "read_first", "stop_margin", "rank_by")
+POLICY_FIELDS = ("candidates", "read_first", "stop_margin")
 
 
 def embedded_calibration(base_name: str, settings: InvarSettings, what: str) -> Calibration:

@@ -2,25 +2,25 @@
 that leaves the package is (DESIGN.md §2).
 
 The fused score ``s`` orders one query's list, but how predictable a question's words are moves
-it as much as relevance does. The probability of a candidate the LM read comes from:
+it as much as relevance does. The probability of a candidate the LM read is a logistic model of
 
-- ``fused``: ``s`` as the path computes it (with the BM25 term in the two-stage retriever);
+- ``fused``: ``s`` as the path computes it (with the BM25 term in the two-stage retriever), and
 - ``prior``: the question's log-likelihood per token after the prompt with no passage (how
   predictable the question is by itself: what makes ``s`` mean different things for two
-  questions);
-- ``log_tokens``: log(1 + the node's length in tokens).
+  questions).
 
-A candidate the early stop left unread has no ``s``; its probability comes from ``cosine`` (the
-coarse cosine, its best window's), ``log_tokens`` and, in the two-stage retriever, ``bm25`` (the
-relative BM25 term), ``stage1_rank`` (log(1 + its position in stage 1's list)) and
-``stage1_score`` (stage 1's own score: RRF's, higher when BM25 and MiniLM agree).
+Within a query it increases with ``s``, so ranking by it is ranking by ``s``: richer read
+models (the LM gain, cosine, BM25, length and stage-1 terms apart) were as well calibrated on
+the tuning questions but ranked worse (``benchmarks/calibration.py``). A candidate the early
+stop left unread has no ``s``; its probability comes from ``cosine`` (the coarse cosine, its
+best window's), ``log_tokens`` (log(1 + its length in tokens)) and, in the two-stage retriever,
+``bm25`` (the relative BM25 term), ``stage1_rank`` (log(1 + its position in stage 1's list))
+and ``stage1_score`` (stage 1's own score: RRF's, higher when BM25 and MiniLM agree).
 
-The read model keeps stage 2's order within a query: richer read models (the LM gain, cosine,
-BM25 and stage-1 terms apart) were as well calibrated but ranked worse on the tuning questions
-(``benchmarks/calibration.py``). Each path has a read and an unread logistic model, fitted with
-scikit-learn (``training/calibrate.py``) for the retriever settings they serve (the fused score
-is theirs) and stored as plain numbers (the manifest, or ``zero_shot_calibration.json`` for the
-embedded zero-shot settings); applying one needs numpy only.
+Each path has a read and an unread logistic model, fitted with scikit-learn
+(``training/calibrate.py``) for the retriever settings they serve (the fused score is theirs)
+and stored as plain numbers (the manifest, or ``zero_shot_calibration.json`` for the embedded
+zero-shot settings); applying one needs numpy only.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 from .fusion import settings_score
 
 PATHS = ("reranker", "retriever")  # the stage-2 reranker over any nodes; the two-stage retriever
-READ_FEATURES = ("fused", "prior", "log_tokens")
+READ_FEATURES = ("fused", "prior")
 UNREAD_FEATURES = {"reranker": ("cosine", "log_tokens"),
                    "retriever": ("cosine", "bm25", "log_tokens", "stage1_rank", "stage1_score")}
 STAGE1_FEATURES = ("bm25", "stage1_rank", "stage1_score")

@@ -46,12 +46,13 @@ class Steps:
     tokens: list[int]
 
 
-def ranking(fused: np.ndarray, probability: np.ndarray, rank_by: str) -> np.ndarray:
-    """The order of one query's candidates, best first: by the relevance probability, or by
-    the fused score (unread ones after the read ones, in the given order); ties keep the given
+def ranking(probability: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """The order of one query's candidates, best first: those the LM read by their relevance
+    probability (the read model increases with ``s``, so this is ``s``'s order), then those
+    the early stop left unread (and nodes without text), by theirs; ties keep the given
     order."""
-    key = probability if rank_by == "probability" else fused
-    return np.argsort(-np.asarray(key, np.float64), kind="stable")
+    probability = np.asarray(probability, np.float64)
+    return np.lexsort((np.arange(len(probability)), -probability, ~np.asarray(read, bool)))
 
 
 @dataclass
@@ -223,8 +224,8 @@ class Stage2Reranker:
                top_n: int | None = None, read_first: int | None = None,
                stop_margin: float = STOP_MARGIN) -> list[tuple[int, float]]:
         """``(index into candidates, relevance probability)`` of the best ``top_n`` candidates
-        (default: all), best first (by ``settings.rank_by``); an empty candidate list gives an
-        empty result.
+        (default: all), best first (:func:`ranking`); an empty candidate list gives an empty
+        result.
 
         ``read_first``: read the first ``read_first`` candidates (in the given order: the
         retriever's), and the rest only while their leader's ``s`` beats the runner-up's by less
@@ -283,7 +284,7 @@ class Stage2Reranker:
         relevance = self.probabilities("reranker", tables)
         for n, i in enumerate(asked):
             fused, probability = steps.fused[n], relevance[n]
-            order = ranking(fused, probability, self.settings.rank_by)
+            order = ranking(probability, np.isfinite(steps.lm[n]))
             found[i] = Reranked([(int(j), float(probability[j])) for j in order],
                                 [float(fused[j]) for j in order],
                                 steps.tokens[n] + prior_tokens[n])

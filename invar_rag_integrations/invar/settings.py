@@ -15,7 +15,6 @@ NORMALIZATIONS = ("mean", "sum")
 PRECISIONS = ("auto", "float32", "bfloat16")
 AGGREGATIONS = ("first", "max", "mean", "softmax")
 PRESELECTIONS = ("none", "bm25")
-RANK_BY = ("probability", "fused")
 MIN_WINDOW = 16
 
 
@@ -137,8 +136,6 @@ class InvarSettings(ScorerSettings):
             ``stop_margin`` (``early_stop.py``); default ``min(2, candidates)``;
             ``read_first = candidates`` or ``stop_margin = inf`` reads every candidate.
         stop_margin: See ``read_first``.
-        rank_by: What orders the candidates: ``probability`` (the calibrated relevance, the
-            score handed out) or ``fused`` (``s``; unread candidates after the read ones).
     """
 
     stage1: str = "rrf"
@@ -149,7 +146,6 @@ class InvarSettings(ScorerSettings):
     bm25_weight: float = 2.0
     read_first: int | None = None
     stop_margin: float = STOP_MARGIN
-    rank_by: str = "probability"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -164,8 +160,6 @@ class InvarSettings(ScorerSettings):
         if self.read_first is None:
             self.read_first = min(READ_FIRST, self.candidates)
         check_policy(self.read_first, self.stop_margin, self.candidates)
-        if self.rank_by not in RANK_BY:
-            raise ValueError(f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
 
     def scorer_settings(self) -> ScorerSettings:
         """The stage-2 part of these settings."""

@@ -230,9 +230,9 @@ class TwoStageRetriever(Retriever):
                        candidate_scores: Callable[..., Part] | None = None,
                        proposal: Proposal | None = None) -> list[SearchResult]:
         """Stage 2 over stage-1 results: the top ``k`` of each, scored by their relevance
-        probability and ranked by ``settings.rank_by``, the scorer reading as many candidates
-        as ``read_first`` / ``stop_margin`` say (in fused-score units; an unread candidate's
-        probability comes from its stage-1 features); ``candidate_scores`` replaces
+        probability and ranked by it (``reranker.ranking``), the scorer reading as many
+        candidates as ``read_first`` / ``stop_margin`` say (in fused-score units; an unread
+        candidate's probability comes from its stage-1 features); ``candidate_scores`` replaces
         :meth:`candidate_scores` (e.g. one reading cached scorer outputs). ``proposal``: what
         stage 1 computed for these queries (else the queries are encoded here, once)."""
         candidate_scores = candidate_scores or self.candidate_scores
@@ -252,9 +252,9 @@ class TwoStageRetriever(Retriever):
             settings.stop_margin, score)
         tables, _ = self.candidate_features(queries, proposed, steps.lm, query_coarse, corpus)
         found = []
-        for result, fused, probability in zip(proposed, steps.fused,
-                                               self.reranker.probabilities("retriever", tables)):
-            order = ranking(fused, probability, settings.rank_by)[:k]
+        for result, r, probability in zip(proposed, steps.lm,
+                                          self.reranker.probabilities("retriever", tables)):
+            order = ranking(probability, np.isfinite(r))[:k]
             found.append(SearchResult([result.ids[j] for j in order],
                                       [float(probability[j]) for j in order]))
         return found

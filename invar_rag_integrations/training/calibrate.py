@@ -20,6 +20,7 @@ from ..data import Passage, Question
 from ..evaluation.metrics import calibration_errors, has_answer
 from ..invar.calibration import (
     PATHS,
+    READ_FEATURES,
     STAGE1_FEATURES,
     Calibration,
     Logistic,
@@ -115,24 +116,29 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, features: Sequence[str]) -> Logis
     return Logistic(tuple(features), tuple(float(w) for w in weights), intercept)
 
 
-def fit_models(pairs: LabelledPairs, rows: Sequence[int] | None = None) -> dict[str, Logistic]:
-    """Every path's models (read, unread) fitted on questions ``rows`` (default: all); without
-    BM25 in stage 1 the retriever's are the reranker's."""
+def fit_models(pairs: LabelledPairs, rows: Sequence[int] | None = None,
+               read_features: Sequence[str] = READ_FEATURES) -> dict[str, Logistic]:
+    """Every path's models (read, unread) fitted on questions ``rows`` (default: all); a path
+    whose tables lack some of the features (the reranker has no stage-1 terms, nor a two-stage
+    retriever without BM25 in stage 1) takes the reranker's."""
     models: dict[str, Logistic] = {}
     for path in PATHS:
+        tables = pairs.path_tables(path)
         for read in (True, False):
-            features = features_of(path, read)
-            if not set(features) <= set(pairs.path_tables(path)[0]):
+            features = tuple(read_features) if read else features_of(path, False)
+            if not set(features) <= set(tables[0]):
                 features = features_of("reranker", read)
             x, y, _ = pairs.stacked(path, features, rows)
             models[model_name(path, read)] = fit_logistic(x, y, features)
     return models
 
 
-def fit_calibration(pairs: LabelledPairs, source: str) -> Calibration:
-    """The calibration fitted on every pair, recording what it was fitted on."""
+def fit_calibration(pairs: LabelledPairs, source: str,
+                    read_features: Sequence[str] = READ_FEATURES) -> Calibration:
+    """The calibration fitted on every pair, recording what it was fitted on
+    (``read_features``: another read model, to compare)."""
     y = np.concatenate(pairs.labels)
-    return Calibration(fit_models(pairs), {
+    return Calibration(fit_models(pairs, read_features=read_features), {
         "source": source, "questions": len(pairs.tables), "pairs": int(len(y)),
         "relevant_share": round(float(y.mean()), 4),
         "datasets": sorted(set(pairs.datasets))})
