@@ -13,8 +13,11 @@ zero-shot ones (``upr-zero-shot``) and the shipped demo system's fusion weights
 1. The zero-shot calibrators (``training/calibrate.py``) are fitted on the tune pairs of every
    chunking (cross-fitted errors there, 5 folds by question); ``--write-embedded`` stores them
    as the embedded calibration (``invar/zero_shot_calibration.json``). The demo system is
-   measured with the calibration it ships. ``*-own-chunking``: the same fit on one chunking's
-   tune pairs alone (what ``invar-rag calibrate --chunking`` gives).
+   measured with the calibration it ships; ``--write-embedded`` fits that one too, as ``make
+   demo-system`` does (``invar-rag calibrate`` on the passages tune questions), from the
+   readings here, and stores it in its manifest. ``*-own-chunking``: the zero-shot fit on one
+   chunking's tune pairs alone (what ``invar-rag calibrate --chunking`` gives). Val questions:
+   all on passages; ``--long-val-sample`` per dataset (seeded) on the other chunking.
 2. Per dataset and chunking, over every stage-1 candidate of every val question (label: it holds
    an answer, ``has_answer``): ECE (10 equal-width bins), Brier score, AUROC and the reliability
    diagram of the probabilities the two-stage retriever serves, of the reranker's calibrators
@@ -49,6 +52,10 @@ SPLITS = ("tune", "val")
 # a read model that may re-rank: the LM's likelihood, cosine, BM25, length and stage 1 apart
 RICH_FEATURES = ("lm", "prior", "cosine", "bm25", "log_tokens", "stage1_rank", "stage1_score")
 DEMO_SYSTEM = ROOT / "invar_rag_integrations" / "demo" / "system"
+# what `make demo-system` runs; --write-embedded fits the same from this benchmark's readings
+DEMO_COMMAND = ("invar-rag calibrate invar_rag_integrations/demo/system --split tune --chunking "
+                "passages --datasets nq popqa_longtail squad (fitted by python -m "
+                "benchmarks.calibration --write-embedded from its cached readings)")
 
 
 def zero_shot_retriever():
@@ -91,9 +98,10 @@ class Chunking:
     """One chunking's zero-shot retriever (indexed), its questions per split and what the LM
     read of their candidates (``lm``, ``prior``)."""
 
-    def __init__(self, chunking: str, data: str | None):
+    def __init__(self, chunking: str, data: str | None, val_sample: int | None = None):
         from invar_rag_integrations.evaluation import odqa_questions
         from invar_rag_integrations.evaluation.chunking import chunked_corpus
+        from invar_rag_integrations.evaluation.qa_eval import sample_per_dataset
         from invar_rag_integrations.paths import cache_dir
 
         self.name = chunking
@@ -106,6 +114,9 @@ class Chunking:
         self.questions, self.read = {}, {}
         for split in SPLITS:
             self.questions[split] = odqa_questions(split, DATASETS, data=data)
+            if split == "val" and val_sample:
+                self.questions[split] = sample_per_dataset(self.questions[split], val_sample,
+                                                           seed=0)
             texts = [q.question for q in self.questions[split]]
             candidates = [[self.retriever.passages[i] for i in r.ids]
                           for r in self.retriever.propose(texts).results]
@@ -250,12 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                            "../shared/data)")
     parser.add_argument("--chunkings", nargs="+", default=list(CHUNKINGS), choices=CHUNKINGS)
+    parser.add_argument("--long-val-sample", type=int,
+                        help="val questions per dataset (seeded) on the chunkings other than "
+                             "passages (default: all)")
     parser.add_argument("--write-embedded", action="store_true",
                         help="store the calibrators fitted on the passages tune pairs for the "
                              "embedded settings as the embedded zero-shot calibration")
     args = parser.parse_args(argv)
     from benchmarks.run import save_and_render
     from invar_rag_integrations.invar import InvarSettings
+    from invar_rag_integrations.invar.artifacts import store_calibration
     from invar_rag_integrations.invar.calibration import ZERO_SHOT_FILE, Calibration
     from invar_rag_integrations.system import read_manifest
     from invar_rag_integrations.training.calibrate import (
@@ -266,17 +281,25 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = read_manifest(DEMO_SYSTEM)["retriever"]
     systems = {"upr-zero-shot": InvarSettings(), "demo-system": InvarSettings(**demo["settings"])}
-    data = {c: Chunking(c, args.data_dir) for c in args.chunkings}
+    data = {c: Chunking(c, args.data_dir, None if c == "passages" else args.long_val_sample)
+            for c in args.chunkings}
     rows: list[dict] = []
     parts = [d.pairs("tune", systems["upr-zero-shot"]) for d in data.values()]
     tune = LabelledPairs([t for p in parts for t in p.tables], [y for p in parts for y in p.labels],
                          [d for p in parts for d in p.datasets], systems["upr-zero-shot"])
-    # the zero-shot calibration is fitted here, on the tune pairs of every chunking; the demo
-    # system's is the one it ships (invar-rag calibrate, `make demo-system`)
+    # the zero-shot calibration is fitted on the tune pairs of every chunking; the demo
+    # system's as `make demo-system` fits it (invar-rag calibrate on the passages tune pairs)
     calibrations = {"upr-zero-shot": fit_calibration(
         tune, f"python -m benchmarks.calibration --write-embedded (the tune questions over "
               f"{' and '.join(data)})"),
         "demo-system": Calibration.from_dict(demo["calibration"])}
+    if args.write_embedded:
+        demo_tune = data["passages"].pairs("tune", systems["demo-system"])
+        calibrations["demo-system"] = fit_calibration(demo_tune, DEMO_COMMAND)
+        store_calibration(DEMO_SYSTEM, calibrations["demo-system"], {
+            "fitted_on": dict(calibrations["demo-system"].fitted_on),
+            "cross_fitted": cross_fitted(demo_tune)})
+        print(f"stored the demo system's calibration in {DEMO_SYSTEM}", file=sys.stderr)
     for path, errors in cross_fitted(tune).items():
         rows += [{**_row(f"upr-zero-shot-{path}", "all", f"cross_fitted_{m}", v,
                          sum(len(x) for x in tune.labels), "tune"),

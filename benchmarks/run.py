@@ -194,13 +194,13 @@ def _calibration_tables(rows: list[dict]) -> list[str]:
     """Calibration errors per chunking (val pairs), the cross-fitted errors on the tuning
     pairs, and the rankings by fused score and by probability."""
     parts = []
-    for chunking in dict.fromkeys(r["chunking"] for r in rows):
-        mine = [r for r in rows if r["chunking"] == chunking]
-        parts += [f"### Relevance probabilities on {chunking} (every stage-1 candidate of every "
-                  "val question)", "", pivot_table(mine, _CALIBRATION), ""]
+    for chunking in dict.fromkeys(r["chunking"] for r in rows if r["split"] == "val"):
+        mine = [r for r in rows if r["chunking"] == chunking and r["split"] == "val"]
+        parts += [f"### Relevance probabilities on {chunking} (every stage-1 candidate of the "
+                  "val questions)", "", pivot_table(mine, _CALIBRATION), ""]
         ranked = [r for r in mine if r["metric"] in _RANKING]
         if ranked:
-            parts += [f"### Ranking by fused score and by probability ({chunking}, all val "
+            parts += [f"### Ranking by fused score and by probability ({chunking}, val "
                       "questions; paired wins / losses)", "", pivot_table(ranked, _RANKING), ""]
     tune = [r for r in rows if r["split"] == "tune"]
     if tune:

@@ -18,7 +18,7 @@ from run_all import run  # noqa: E402
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-PLOTS = ("03_train_on_your_corpus", "04_serve_with_vllm")
+PLOTS = ("01_llamaindex_quickstart", "03_train_on_your_corpus", "04_serve_with_vllm")
 
 
 def test_the_four_tutorials_exist() -> None:
