@@ -56,16 +56,21 @@ def retriever_hash(settings: InvarSettings | dict[str, Any], base_identity: str,
 POLICY_FIELDS = ("candidates", "read_first", "stop_margin")
 
 
+def fallback_calibration(what: str) -> Calibration:
+    """The embedded zero-shot calibration for a scorer it was not fitted for, said once."""
+    warnings.warn(UNCALIBRATED.format(what=what), stacklevel=3)
+    return zero_shot_calibration(calibrated=False)
+
+
 def embedded_calibration(base_name: str, settings: InvarSettings, what: str) -> Calibration:
     """The embedded zero-shot calibration: fitted for the zero-shot scorer on the embedded base
     model with the default settings (the early stop and the order apart); for anything else it
-    is a fallback, said once."""
+    is a fallback."""
     scored = {k: v for k, v in asdict(settings).items() if k not in POLICY_FIELDS}
     defaults = {k: v for k, v in asdict(InvarSettings()).items() if k not in POLICY_FIELDS}
-    fitted_for = base_name == ZERO_SHOT_BASE and scored == defaults
-    if not fitted_for:
-        warnings.warn(UNCALIBRATED.format(what=what), stacklevel=3)
-    return zero_shot_calibration(calibrated=fitted_for)
+    if base_name != ZERO_SHOT_BASE or scored != defaults:
+        return fallback_calibration(what)
+    return zero_shot_calibration()
 
 
 def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSettings,
@@ -226,5 +231,5 @@ def load_reranker(path: str | os.PathLike[str], base_model: str | None = None,
                          RETRIEVER_ADAPTER if adapter is not None else None, projector, head,
                          precision=precision)
     if calibration is None:
-        calibration = embedded_calibration("", settings, str(path))  # never fitted for it
+        calibration = fallback_calibration(str(path))
     return Stage2Reranker(scorer, coarse, settings, calibration), manifest

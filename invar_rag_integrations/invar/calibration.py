@@ -73,6 +73,12 @@ def pair_features(settings: Any, lm: np.ndarray, prior: float, cosine: np.ndarra
     return found
 
 
+def usable_path(path: str, table: Mapping[str, np.ndarray]) -> str:
+    """The path whose models read ``table``: a two-stage candidate without the stage-1 terms
+    (no BM25 in stage 1) is read as the reranker reads it."""
+    return path if path == "reranker" or set(STAGE1_FEATURES) <= set(table) else "reranker"
+
+
 def without_stage1(table: Mapping[str, np.ndarray], settings: Any) -> dict[str, np.ndarray]:
     """A two-stage candidate's features as the reranker (which has no stage 1) reads them."""
     found = {k: v for k, v in table.items() if k not in STAGE1_FEATURES}

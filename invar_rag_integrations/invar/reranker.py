@@ -16,7 +16,7 @@ from ..data import Passage
 from ..models.adapters import model_lock
 from ..retrieval.base import check_k, check_text
 from ..retrieval.dense import DenseRetriever, best_window_cosines
-from .calibration import STAGE1_FEATURES, Calibration, pair_features, zero_shot_calibration
+from .calibration import Calibration, pair_features, usable_path, zero_shot_calibration
 from .early_stop import STOP_MARGIN, check_policy, read_until_clear
 from .fusion import settings_score
 from .scorer import InvarScorer
@@ -28,18 +28,9 @@ PartScorer = Callable[[list[int], list[slice]], "Part"]
 
 @dataclass
 class Part:
-    """Stage 2 over some of each query's candidates: the fused scores ``s``, the scorer's ``r``
-    of each, and the tokens the LM read per query."""
-
-    fused: list[np.ndarray]
-    lm: list[np.ndarray]
-    tokens: list[int]
-
-
-@dataclass
-class Steps:
-    """Every candidate of each query after the early stop: ``fused`` (``UNSCORED`` where
-    unread), ``lm`` (NaN where unread), the tokens read per query."""
+    """Stage 2 over each query's candidates (some of them, or after the early stop all of
+    them): the fused scores ``s`` (``UNSCORED`` where unread), the scorer's ``r`` of each (NaN
+    where unread), and the tokens the LM read per query."""
 
     fused: list[np.ndarray]
     lm: list[np.ndarray]
@@ -176,7 +167,7 @@ class Stage2Reranker:
 
     @staticmethod
     def read_in_steps(counts: Sequence[int], read_first: int, stop_margin: float,
-                      score: PartScorer) -> Steps:
+                      score: PartScorer) -> Part:
         """Each query's fused scores under the early stop (``early_stop.read_until_clear``),
         with the scorer's ``r`` of what was read and the tokens read per query: the one wiring
         of the policy."""
@@ -190,7 +181,7 @@ class Stage2Reranker:
                 tokens[i] += n
             return found.fused
 
-        return Steps(read_until_clear(counts, read_first, stop_margin, counted), lm, tokens)
+        return Part(read_until_clear(counts, read_first, stop_margin, counted), lm, tokens)
 
     def features(self, queries: Sequence[str], candidates: Sequence[Sequence[Passage | str]],
                  lm: Sequence[np.ndarray], cosines: Sequence[np.ndarray],
@@ -213,12 +204,8 @@ class Stage2Reranker:
         """P(relevant) of every query's candidates on ``path`` (``reranker`` or ``retriever``),
         each read where its ``lm`` is known; a two-stage retriever without BM25 in stage 1
         uses the reranker's calibrators."""
-        found = []
-        for table in tables:
-            usable = path if set(STAGE1_FEATURES) <= set(table) else "reranker"
-            found.append(self.calibration.probabilities(usable, table,
-                                                        ~np.isnan(table["lm"])))
-        return found
+        return [self.calibration.probabilities(usable_path(path, table), table,
+                                               np.isfinite(table["lm"])) for table in tables]
 
     def rerank(self, query: str, candidates: Sequence[Passage | str],
                top_n: int | None = None, read_first: int | None = None,

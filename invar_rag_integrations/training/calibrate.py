@@ -21,11 +21,11 @@ from ..evaluation.metrics import calibration_errors, has_answer
 from ..invar.calibration import (
     PATHS,
     READ_FEATURES,
-    STAGE1_FEATURES,
     Calibration,
     Logistic,
     features_of,
     model_name,
+    usable_path,
     without_stage1,
 )
 
@@ -51,20 +51,17 @@ class LabelledPairs:
 
     def path_tables(self, path: str) -> list[dict[str, np.ndarray]]:
         """The tables as ``path`` reads them (the reranker: without the stage-1 terms)."""
-        if path == "retriever" and set(STAGE1_FEATURES) <= set(self.tables[0]):
+        if usable_path(path, self.tables[0]) == "retriever":
             return self.tables
         return [without_stage1(t, self.settings) for t in self.tables]
 
     def stacked(self, path: str, features: Sequence[str], rows: Sequence[int] | None = None,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(X [N, F], y [N], question of each pair [N])`` over questions ``rows`` as
-        ``path`` reads them."""
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(X [N, F], y [N])`` over questions ``rows`` as ``path`` reads them."""
         rows = range(len(self.tables)) if rows is None else rows
         tables = self.path_tables(path)
         x = np.concatenate([np.column_stack([tables[i][f] for f in features]) for i in rows])
-        y = np.concatenate([self.labels[i] for i in rows]).astype(bool)
-        groups = np.concatenate([np.full(len(self.labels[i]), i) for i in rows])
-        return x, y, groups
+        return x, np.concatenate([self.labels[i] for i in rows]).astype(bool)
 
 
 def read_candidates(retriever: Any, questions: Sequence[Question], batch_size: int = 16,
@@ -121,6 +118,9 @@ def fit_models(pairs: LabelledPairs, rows: Sequence[int] | None = None,
     """Every path's models (read, unread) fitted on questions ``rows`` (default: all); a path
     whose tables lack some of the features (the reranker has no stage-1 terms, nor a two-stage
     retriever without BM25 in stage 1) takes the reranker's."""
+    if not pairs.tables:
+        raise ValueError("no questions to calibrate on: give a question file (and split, "
+                         "datasets) that holds some")
     models: dict[str, Logistic] = {}
     for path in PATHS:
         tables = pairs.path_tables(path)
@@ -128,7 +128,7 @@ def fit_models(pairs: LabelledPairs, rows: Sequence[int] | None = None,
             features = tuple(read_features) if read else features_of(path, False)
             if not set(features) <= set(tables[0]):
                 features = features_of("reranker", read)
-            x, y, _ = pairs.stacked(path, features, rows)
+            x, y = pairs.stacked(path, features, rows)
             models[model_name(path, read)] = fit_logistic(x, y, features)
     return models
 
@@ -156,7 +156,7 @@ def cross_fitted(pairs: LabelledPairs, folds: int = 5) -> dict[str, dict[str, fl
         models = fit_models(pairs, fit_rows)
         for path in PATHS:
             model = models[model_name(path, True)]
-            x, y, _ = pairs.stacked(path, model.features, test_rows)
+            x, y = pairs.stacked(path, model.features, test_rows)
             found[path].append(model.probability(dict(zip(model.features, x.T))))
         outcomes.append(y)
     y = np.concatenate(outcomes)
@@ -186,10 +186,6 @@ def calibrate_system(system_dir: str | os.PathLike[str], questions: Sequence[Que
 def calibrate_on_tuning(retriever: Any, tune: list) -> dict[str, Any]:
     """Fit the trained retriever's calibration on the tuning questions (stored with it); too
     few of them leave it uncalibrated, said here and when it loads."""
-    if not tune:
-        print("the retriever is saved uncalibrated: no tuning questions (run invar-rag "
-              "calibrate on questions with answers)", file=sys.stderr)
-        return {"fitted": False, "reason": "no tuning questions"}
     try:
         pairs = read_candidates(retriever, tune)
         retriever.reranker.calibration = fit_calibration(
