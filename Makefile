@@ -54,13 +54,16 @@ bench: install install-vllm
 	$(PY) -m benchmarks.long_documents
 	$(PY) -m benchmarks.synthetic_stage
 	$(PY) -m benchmarks.generation_stage
+	$(PY) -m benchmarks.abstention
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.rerank_service
 
 # Re-creates the small system that `make demo` runs (shipped in the package): the Invar
 # scorer trained with the CPU configuration (its best tuning step, step 0 = zero-shot
 # included), its relevance probabilities fitted on the tuning questions, then the generator
-# trained on what that retriever returns, then only the files the system needs.
+# trained on what that retriever returns, its abstention model fitted on the tuning questions
+# (answered over the corpus and over the corpus without their answers), then only the files
+# the system needs.
 SYSTEM_RUN := runs/retriever_smollm2_cpu
 SHIPPED := invar_rag_integrations/demo/system
 demo-system: install
@@ -69,6 +72,8 @@ demo-system: install
 	$(VENV)/bin/invar-rag calibrate $(SYSTEM_RUN) --split tune \
 	    --datasets nq popqa_longtail squad
 	$(VENV)/bin/invar-rag train-generator training/configs/generator_smollm2_cpu.json
+	$(VENV)/bin/invar-rag fit-abstention $(SYSTEM_RUN) --split tune \
+	    --datasets nq popqa_longtail squad
 	rm -rf $(SHIPPED) && mkdir -p $(SHIPPED)
 	for part in invar_rag.json retriever projector.safetensors head.safetensors generator; do \
 	    if [ -e $(SYSTEM_RUN)/$$part ]; then cp -r $(SYSTEM_RUN)/$$part $(SHIPPED)/; fi; done

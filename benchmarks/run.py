@@ -209,6 +209,35 @@ def _calibration_tables(rows: list[dict]) -> list[str]:
     return parts
 
 
+_ABSTENTION = ["auroc_unanswerable", "declined_unanswerable", "correct_kept", "answered",
+               "em_answered", "threshold"]
+_EXCLUDED = ["excluded_answer_word_in_question", "excluded_answer_in_no_passage",
+             "excluded_answer_in_too_many", "kept", "answerable", "unanswerable", "correct"]
+
+
+def _abstention_tables(rows: list[dict]) -> list[str]:
+    """The question sets, the abstention figures at the stored threshold, each signal's AUROC
+    and the coverage curve, per split."""
+    parts = []
+    for split in ("val", "tune"):
+        mine = [r for r in rows if r["split"] == split]
+        decided = [r for r in mine if r["metric"] in _ABSTENTION]
+        parts += [f"### Questions ({split}): excluded per rule, kept, answerable (answer in the "
+                  "top k over the full corpus), unanswerable (over the corpus without their "
+                  "answers)", "", pivot_table(mine, _EXCLUDED), "",
+                  f"### Abstention at the threshold fitted on tune ({split} questions)", "",
+                  pivot_table(decided, _ABSTENTION), "",
+                  f"### Each signal alone: AUROC answerable vs unanswerable ({split})", "",
+                  pivot_table([r for r in mine if r["system"].startswith("signal:")],
+                              ["auroc_unanswerable"]), ""]
+        coverage = sorted({r["metric"] for r in mine if r["metric"].startswith("em@coverage")})
+        if coverage:
+            parts += [f"### EM of the answered questions against the share answered ({split}; "
+                      "most confident first, answerable and unanswerable together)", "",
+                      pivot_table(mine, coverage), ""]
+    return parts
+
+
 _PASSAGE_CACHE = ["hit_rate", "all_hit_queries", "latency_p50_ms", "latency_p95_ms",
                   "hit_speedup", "same_top5", "max_score_diff", "mb_per_passage", "cached_mb",
                   "evictions"]
@@ -228,6 +257,9 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                   f"- command: `{payload['command']}`",
                   f"- commit: `{payload['git_commit']}`, date: {payload['date']}",
                   f"- machine: {payload['machine']}", ""]
+        if any(r["metric"] == "declined_unanswerable" for r in rows):
+            parts += _abstention_tables(rows)
+            continue
         if any(r["metric"] == "ece" for r in rows):
             parts += _calibration_tables(rows)
             continue

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .answer_match import has_answer
 from .data import Passage, check_corpus, load_passages
 from .generation import GENERATION_BACKENDS
+from .generation.abstention import DECLINED_TEXT, AbstentionModel, Evidence, load_abstention
 from .generation.artifacts import (
     GENERATOR_ADAPTER,
     GeneratorSettings,
@@ -74,10 +76,15 @@ class Answer:
 
     Attributes:
         question: The question as asked.
-        text: The answer.
-        sources: Retrieved passages, best first (empty for closed-book answers).
+        text: The answer, or :data:`DECLINED_TEXT` when the RAG declined to answer.
+        sources: Retrieved passages, best first (empty for closed-book answers): the passages
+            considered, also when it declined.
         num_tokens: Generated tokens.
         truncation: What was cut to fit the prompt budget ("" when nothing was).
+        declined: Whether the RAG declined (the evidence was below the abstention threshold).
+        confidence: The abstention model's confidence that the answer rests on passages that
+            hold it (``None`` when no abstention model was applied).
+        evidence: The signals the confidence was computed from (``None`` when not computed).
     """
 
     question: str
@@ -85,6 +92,9 @@ class Answer:
     sources: list[Source]
     num_tokens: int = 0
     truncation: str = ""
+    declined: bool = False
+    confidence: float | None = None
+    evidence: Evidence | None = None
 
 
 class RAGPipeline:
@@ -99,13 +109,21 @@ class RAGPipeline:
         template: The prompt template.
         adapter: The generator's peft adapter (``None``: the base model).
         batch_size: Generation batch size.
+        abstention: The model that decides when to decline (``None``: never declines); it
+            reads the sources' scores as relevance probabilities, as the Invar retriever
+            gives them.
+        abstain: Decline by default when the confidence is below the model's threshold (each
+            call may say otherwise).
     """
 
     def __init__(self, generator: Any, retriever: Retriever | None = None,
                  passages: Sequence[Passage] = (), settings: GeneratorSettings | None = None,
                  template: PromptTemplate | None = None, adapter: str | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, abstention: AbstentionModel | None = None,
+                 abstain: bool = False):
         self.generator, self.retriever, self.adapter = generator, retriever, adapter
+        self.abstention = abstention
+        self.abstain = self.resolve_abstain(abstain)
         self.settings = settings or GeneratorSettings()
         self.template = template or PromptTemplate()
         self.batch_size = batch_size
@@ -164,11 +182,31 @@ class RAGPipeline:
                           stacklevel=2)
         return fitted
 
+    def resolve_abstain(self, abstain: bool | None) -> bool:
+        """The call's ``abstain`` (``None``: the pipeline's default), checked against the
+        abstention model."""
+        if abstain is None:
+            return self.abstain
+        if abstain and self.abstention is None:
+            raise ValueError("this pipeline has no abstention model to decline with: fit one "
+                             "with `invar-rag fit-abstention SYSTEM` (it is stored in the "
+                             "system) or pass abstention=AbstentionModel(...)")
+        return bool(abstain)
+
     def answer_batch(self, questions: Sequence[str], k: int | None = None,
                      sources: Sequence[Sequence[Source]] | None = None,
-                     show_progress: bool = False) -> list[Answer]:
-        """Answer every question; ``sources`` replaces retrieval (e.g. cached results)."""
+                     show_progress: bool = False, abstain: bool | None = None,
+                     evidence: bool = False) -> list[Answer]:
+        """Answer every question; ``sources`` replaces retrieval (e.g. cached results).
+
+        Args:
+            abstain: Decline ("not found in the documents") when the abstention model's
+                confidence is below its threshold (``None``: the pipeline's default).
+            evidence: Compute each answer's evidence and confidence also when not declining
+                (one extra short pass of the generator per answer).
+        """
         questions = check_queries(questions)
+        abstain = self.resolve_abstain(abstain)
         if sources is None:
             sources = self.retrieve_batch(questions, k)
         elif len(sources) != len(questions):
@@ -177,19 +215,53 @@ class RAGPipeline:
         generations = self.generator.generate(
             [p.text for p in prompts], max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.batch_size, show_progress=show_progress, adapter=self.adapter)
-        return [Answer(q, self.template.clean_answer(g.text), list(s), g.num_tokens,
-                       p.describe())
-                for q, s, p, g in zip(questions, sources, prompts, generations)]
+        texts = [self.template.clean_answer(g.text) for g in generations]
+        found: list[Evidence | None] = [None] * len(questions)
+        if abstain or evidence:
+            found = list(self.evidence(questions, sources, texts, generations))
+        answers = []
+        for q, s, p, g, text, e in zip(questions, sources, prompts, generations, texts, found):
+            confidence = None
+            if e is not None and self.abstention is not None:
+                confidence = self.abstention.confidence(e)
+            declined = abstain and confidence is not None and \
+                confidence < self.abstention.threshold
+            answers.append(Answer(q, DECLINED_TEXT if declined else text, list(s), g.num_tokens,
+                                  p.describe(), declined, confidence, e))
+        return answers
 
-    def answer(self, question: str, k: int | None = None) -> Answer:
-        """Answer one question with its sources."""
-        return self.answer_batch([question], k)[0]
+    def evidence(self, questions: Sequence[str], sources: Sequence[Sequence[Source]],
+                 texts: Sequence[str], generations: Sequence[Any]) -> list[Evidence]:
+        """The evidence behind each generated answer: its sources' scores, its log-probability
+        with the passages (from the generation) and without them (one short pass of the
+        generator), and whether its words occur in the passages."""
+        spoken = [i for i, t in enumerate(texts) if t.strip()]
+        closed = dict(zip(spoken, self.generator.answer_logprobs(
+            [self.template.render(questions[i]) for i in spoken], [texts[i] for i in spoken],
+            adapter=self.adapter, batch_size=self.batch_size)))
+        return [Evidence.of([x.score for x in s], g.logprob, g.num_tokens,
+                            *closed.get(i, (0.0, 0)),
+                            bool(t.strip()) and has_answer([t], "\n".join(
+                                x.passage.full_text() for x in s)))
+                for i, (s, t, g) in enumerate(zip(sources, texts, generations))]
+
+    def answer(self, question: str, k: int | None = None, abstain: bool | None = None) -> Answer:
+        """Answer one question with its sources (``abstain``: see :meth:`answer_batch`)."""
+        return self.answer_batch([question], k, abstain=abstain)[0]
 
     def stream(self, question: str, sources: Sequence[Source] | None = None,
-               k: int | None = None) -> Iterator[str]:
-        """Yield the answer to one question piece by piece (first line only)."""
+               k: int | None = None, abstain: bool | None = None) -> Iterator[str]:
+        """Yield the answer to one question piece by piece (first line only).
+
+        When abstaining, the answer is judged whole before any of it is shown: it comes as one
+        piece, the answer or :data:`DECLINED_TEXT`.
+        """
+        abstain = self.resolve_abstain(abstain)
         if sources is None:
             sources = self.retrieve(question, k)
+        if abstain:
+            yield self.answer_batch([question], sources=[sources], abstain=True)[0].text
+            return
         yield from stripped(self.generator.stream(self.prompt(question, sources).text,
                                                   max_new_tokens=self.settings.max_new_tokens,
                                                   adapter=self.adapter))
@@ -240,7 +312,8 @@ class InvarRAG(RAGPipeline):
                         base_model: str | None = None,
                         generator_dir: str | os.PathLike[str] | None = None,
                         backend: str = "hf", engine_options: dict[str, Any] | None = None,
-                        score_on_engine: bool | None = None, **kwargs: Any) -> InvarRAG:
+                        score_on_engine: bool | None = None, abstain: bool | None = None,
+                        **kwargs: Any) -> InvarRAG:
         """Load base model, coarse encoder, the scorer (with its adapter or head, if any), the
         generator adapter and the index of one system.
 
@@ -262,11 +335,14 @@ class InvarRAG(RAGPipeline):
                 engine (prompt log-probabilities under the ``retriever`` adapter) instead of
                 the HF model. Default: on a GPU only (on CPUs with AMX, the HF scorer in
                 bfloat16 was faster; see BENCHMARKS.md).
+            abstain: Decline by default when the evidence is weak (``None``: as the system's
+                abstention model says; ``True`` needs one, fitted by ``invar-rag
+                fit-abstention``). Each call may still say otherwise.
             **kwargs: Passed to the constructor (e.g. ``batch_size``).
         """
         from .invar import TwoStageRetriever
         from .invar.two_stage import INDEX_DIR
-        from .system import base_of, model_identity
+        from .system import base_of, model_identity, read_manifest
 
         if backend not in GENERATION_BACKENDS:
             raise ValueError(f"backend must be one of {GENERATION_BACKENDS}, got {backend!r}")
@@ -306,8 +382,12 @@ class InvarRAG(RAGPipeline):
         elif retriever.passage_ids:
             folder = Path(index) if index is not None else Path(system_dir) / INDEX_DIR
             passages = load_passages(folder / PASSAGES_FILE)
+        abstention, on_by_default = None, False
+        if generator_dir is None or Path(generator_dir).resolve() == Path(system_dir).resolve():
+            abstention, on_by_default = load_abstention(read_manifest(system_dir))
         rag = cls(generator, retriever, passages, settings, template, GENERATOR_ADAPTER,
-                  **kwargs)
+                  abstention=abstention,
+                  abstain=on_by_default if abstain is None else abstain, **kwargs)
         if not retriever.passage_ids and passages:
             rag.index(passages)
         return rag

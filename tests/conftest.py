@@ -221,3 +221,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def abstaining(rag, threshold: float, weight: float = 0.0):
+    """``rag``'s parts as a pipeline that abstains by default, with the confidence
+    ``sigmoid(weight * relevance)`` (0.5 when ``weight`` is 0) and ``threshold``."""
+    from invar_rag_integrations.generation.abstention import AbstentionModel
+    from invar_rag_integrations.invar.calibration import Logistic
+    from invar_rag_integrations.rag import RAGPipeline
+
+    model = AbstentionModel(Logistic(("relevance",), (weight,), 0.0), threshold)
+    return RAGPipeline(rag.generator, rag.retriever, list(rag.passages.values()), rag.settings,
+                       rag.template, rag.adapter, abstention=model, abstain=True)

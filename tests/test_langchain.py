@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_tests")
 
-from conftest import ticks_while  # noqa: E402
+from conftest import abstaining, ticks_while  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
+from langchain_core.language_models import FakeListLLM  # noqa: E402
 from langchain_tests.integration_tests import (  # noqa: E402
     EmbeddingsIntegrationTests,
     RetrieversIntegrationTests,
@@ -23,6 +25,7 @@ from langchain_tests.integration_tests import (  # noqa: E402
 from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
 
 from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.generation.abstention import DECLINED_TEXT  # noqa: E402
 from invar_rag_integrations.invar import TwoStageRetriever
 from invar_rag_integrations.langchain import (  # noqa: E402
     InvarEmbeddings,
@@ -203,6 +206,30 @@ def test_rag_chain_invoke_batch_stream_and_ainvoke(rag: InvarRAG) -> None:
     assert asyncio.run(chain.ainvoke("who discovered penicillin")) == result
     with pytest.raises(ValueError, match="empty or whitespace"):
         chain.invoke("   ")
+
+
+def test_rag_chain_declines_with_a_flag_when_abstaining(rag: InvarRAG) -> None:
+    question = "who discovered penicillin"
+    retriever = InvarRetriever(retriever=rag.retriever, k=2)
+    declined = build_rag_chain(retriever, InvarLLM(pipeline=abstaining(rag, 0.6))).invoke(question)
+    assert declined["declined"] is True and declined["answer"] == DECLINED_TEXT
+    assert declined["confidence"] == pytest.approx(0.5) and len(declined["source_documents"]) == 2
+    chain = build_rag_chain(retriever, InvarLLM(pipeline=abstaining(rag, 0.4, weight=1.0)))
+    kept = chain.invoke(question)
+    assert kept["declined"] is False and kept["answer"] == rag.answer(question).text
+    best = max(d.metadata["score"] for d in kept["source_documents"])
+    assert kept["confidence"] == pytest.approx(1 / (1 + math.exp(-best)))  # read from metadata
+    merged: dict = {}
+    for chunk in chain.stream(question):  # the answer is judged whole: one piece
+        assert "answer" not in merged
+        merged.update(chunk)
+    assert merged == kept
+    plain = build_rag_chain(retriever, InvarLLM(pipeline=abstaining(rag, 0.6)), abstain=False)
+    assert set(plain.invoke(question)) == {"question", "source_documents", "answer"}
+    with pytest.raises(ValueError, match="abstaining needs an InvarLLM"):
+        build_rag_chain(retriever, FakeListLLM(responses=["x"]), abstain=True)
+    with pytest.raises(ValueError, match="no abstention model"):
+        build_rag_chain(retriever, InvarLLM(pipeline=rag), abstain=True)
 
 
 def test_threads_get_the_serial_results(rag: InvarRAG) -> None:

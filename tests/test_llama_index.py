@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from conftest import ticks_while  # noqa: E402
+from conftest import abstaining, ticks_while  # noqa: E402
 from llama_index.core import VectorStoreIndex  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.core.schema import (  # noqa: E402
@@ -24,12 +25,14 @@ from llama_index.core.storage.docstore import SimpleDocumentStore  # noqa: E402
 
 from invar_rag_integrations.data import Passage  # noqa: E402
 from invar_rag_integrations.demo import demo_passages  # noqa: E402
+from invar_rag_integrations.generation.abstention import DECLINED_TEXT  # noqa: E402
 from invar_rag_integrations.invar import TwoStageRetriever
 from invar_rag_integrations.llama_index import (  # noqa: E402
     InvarEmbedding,
     InvarLLM,
     InvarReranker,
     InvarRetriever,
+    InvarSynthesizer,
 )
 from invar_rag_integrations.rag import InvarRAG  # noqa: E402
 
@@ -177,6 +180,31 @@ def test_query_engine_answers_with_the_generator_end_to_end(
         llm.stream_complete(" ")  # checked before the first piece
     with pytest.raises(ValueError, match="the model takes at most"):
         llm.complete("word " * 2000)
+
+
+def test_query_engine_declines_with_a_flag_in_the_response_metadata(
+        tiny_rag_system: Path, core: TwoStageRetriever, nodes: list[TextNode]) -> None:
+    rag = InvarRAG.from_pretrained(tiny_rag_system, corpus=demo_passages())
+    question = "who discovered penicillin"
+    retriever = InvarRetriever(core, nodes=nodes, similarity_top_k=2)
+    declining = RetrieverQueryEngine(retriever, response_synthesizer=InvarSynthesizer(
+        abstaining(rag, 0.6)))
+    response = declining.query(question)
+    assert response.response == DECLINED_TEXT and response.metadata["declined"] is True
+    assert response.metadata["confidence"] == pytest.approx(0.5)
+    assert len(response.source_nodes) == 2
+    assert {n.node_id for n in response.source_nodes} <= set(response.metadata)
+    answering = RetrieverQueryEngine(retriever, response_synthesizer=InvarSynthesizer(
+        abstaining(rag, 0.4, weight=1.0)))
+    kept = answering.query(question)
+    assert kept.metadata["declined"] is False and kept.response != DECLINED_TEXT
+    best = max(n.score for n in kept.source_nodes)
+    assert kept.metadata["confidence"] == pytest.approx(1 / (1 + math.exp(-best)))
+    assert asyncio.run(answering.aquery(question)).response == kept.response
+    assert not InvarSynthesizer(abstaining(rag, 0.6), abstain=False).synthesize(
+        question, kept.source_nodes).metadata["declined"]
+    with pytest.raises(ValueError, match="no abstention model"):
+        InvarSynthesizer(rag, abstain=True)
 
 
 def test_threads_get_the_serial_results(retriever: InvarRetriever) -> None:

@@ -42,6 +42,18 @@ def test_greedy_adapter_output_equals_hf_peft_token_for_token(hf_rag, engine, pr
     assert [g.num_tokens for g in found] == [g.num_tokens for g in expected]
 
 
+def test_answer_log_probabilities_through_vllm_equal_the_hf_ones(hf_rag, engine, prompts):
+    options = {"max_new_tokens": 16, "adapter": GENERATOR_ADAPTER}
+    expected = hf_rag.generator.generate(prompts, **options)
+    found = engine.generate(prompts, **options)
+    assert [g.logprob for g in found] == pytest.approx([g.logprob for g in expected], abs=0.1)
+    answers = [g.text for g in expected]
+    served = engine.answer_logprobs(prompts, answers, GENERATOR_ADAPTER)
+    local = hf_rag.generator.answer_logprobs(prompts, answers, GENERATOR_ADAPTER)
+    assert [n for _, n in served] == [n for _, n in local]
+    assert [s for s, _ in served] == pytest.approx([s for s, _ in local], abs=0.1)
+
+
 def test_base_model_in_a_mixed_batch_equals_the_base_model_alone(hf_rag, engine, prompts):
     options = {"max_new_tokens": 16, "stop": ()}
     alone = engine.generate(prompts, **options)

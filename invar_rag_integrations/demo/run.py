@@ -13,6 +13,9 @@ from ..rag import Answer, InvarRAG, RAGPipeline
 from ..retrieval import DenseRetriever
 from . import SHIPPED_SYSTEM, demo_passages, demo_questions
 
+# questions the demo corpus does not hold (no passage is about them)
+NOT_IN_THE_CORPUS = ("Who wrote the novel War and Peace?", "What is the capital of Australia?")
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -70,4 +73,16 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> dict[str, float]:
         print(f"{name:12s} exact match {total:.0f}/{len(questions)}; {timings[name]:.1f} s "
               f"({timings[name] / len(questions):.2f} s/question, "
               f"{tokens / timings[name]:.1f} tokens/s incl. retrieval)")
+    if rag.abstention is not None:
+        _show_abstention(rag, texts)
     return {name: total / len(questions) for name, total in scores.items()}
+
+
+def _show_abstention(rag: InvarRAG, texts: list[str]) -> None:
+    """The same questions and two the corpus does not hold, answered with ``abstain=True``."""
+    print("\nwith abstain=True: the RAG declines when its confidence is below "
+          f"{rag.abstention.threshold:.2f} (the last two questions are not in the corpus)")
+    questions = [*texts, *NOT_IN_THE_CORPUS]
+    for question, answer in zip(questions, rag.answer_batch(questions, abstain=True)):
+        print(f"  {answer.confidence:.2f} {'declined' if answer.declined else 'answered'}  "
+              f"{question}  ->  {answer.text!r}")

@@ -3,44 +3,14 @@ words of a text around its first answer mention by the same matching (``answer_w
 
 from __future__ import annotations
 
-import re
-import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..answer_match import ARTICLES, has_answer, match_tokens, strip_punctuation
 from ..data import Passage, Question
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def _strip_punctuation(text: str, replacement: str) -> str:
-    return "".join(
-        replacement if unicodedata.category(ch).startswith("P") or ch in string.punctuation else ch
-        for ch in text
-    )
-
-
-def match_tokens(text: str) -> list[str]:
-    """Tokens for answer matching in passages: Unicode NFD, lower case, punctuation replaced by
-    spaces, articles a/an/the removed, split on white space."""
-    text = _strip_punctuation(unicodedata.normalize("NFD", text).lower(), " ")
-    return _ARTICLES.sub(" ", text).split()
-
-
-def has_answer(answers: Iterable[str], text: str) -> bool:
-    """Whether the token sequence of any answer occurs contiguously in ``text``'s tokens."""
-    tokens = match_tokens(text)
-    for answer in answers:
-        target = match_tokens(answer)
-        if not target:
-            continue
-        n = len(target)
-        first = target[0]
-        for start, token in enumerate(tokens[: len(tokens) - n + 1]):
-            if token == first and tokens[start : start + n] == target:
-                return True
-    return False
+__all__ = ["has_answer", "match_tokens"]  # re-exported: evaluation's names for them
 
 
 def _answer_start(words: list[str], answers: Sequence[str]) -> int | None:
@@ -97,8 +67,8 @@ def tuning_accuracy(questions: Sequence[Question], firsts: Sequence[Passage | st
 
 def normalize_answer(text: str) -> str:
     """SQuAD's answer normalisation: lower case, drop punctuation and articles, fold spaces."""
-    text = _strip_punctuation(unicodedata.normalize("NFD", text).lower(), "")
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    text = strip_punctuation(unicodedata.normalize("NFD", text).lower(), "")
+    return " ".join(ARTICLES.sub(" ", text).split())
 
 
 def exact_match(prediction: str, answers: Iterable[str]) -> float:

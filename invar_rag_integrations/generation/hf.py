@@ -17,10 +17,12 @@ from ..models.adapters import model_lock, use_adapter
 
 @dataclass(frozen=True)
 class Generation:
-    """Generated text (cut before the first stop string) and how many tokens were generated."""
+    """Generated text (cut before the first stop string), how many tokens were generated and
+    their summed log-probability under the model (the stop string's token included)."""
 
     text: str
     num_tokens: int
+    logprob: float = 0.0
 
 
 def check_generation_args(max_new_tokens: int, batch_size: int = 1, prompts: Any = ()) -> None:
@@ -98,6 +100,7 @@ class HFGenerator:
         """
         check_generation_args(max_new_tokens, batch_size, prompts)
         options = self._options(max_new_tokens, do_sample, temperature, top_p)
+        options.update(output_scores=True, return_dict_in_generate=True)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         outputs: list[Generation | None] = [None] * len(prompts)
         self.tokenizer.padding_side = "left"
@@ -110,9 +113,11 @@ class HFGenerator:
                 encoded = self.tokenizer([prompts[i] for i in index], return_tensors="pt",
                                          padding=True).to(self.model.device)
                 generated = self.model.generate(**encoded, **options)
-                new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-                for i, row in zip(index, new_tokens):
-                    outputs[i] = self._finish(row, stop)
+                new_tokens = generated.sequences[:, encoded["input_ids"].shape[1]:]
+                logprobs = self.model.compute_transition_scores(
+                    generated.sequences, generated.scores, normalize_logits=True)
+                for i, row, row_logprobs in zip(index, new_tokens, logprobs):
+                    outputs[i] = self._finish(row, row_logprobs, stop)
         return [o for o in outputs if o is not None]
 
     def stream(self, prompt: str, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
@@ -163,12 +168,53 @@ class HFGenerator:
         if failure:
             raise failure[0]
 
-    def _finish(self, row: torch.Tensor, stop: Sequence[str]) -> Generation:
+    @torch.inference_mode()
+    def answer_logprobs(self, prompts: Sequence[str], answers: Sequence[str],
+                        adapter: str | None = None,
+                        batch_size: int = 8) -> list[tuple[float, int]]:
+        """``log P(answer | prompt)`` summed over the answer's tokens, and how many tokens
+        (teacher-forced; the answer follows the prompt after one space, as generated answers
+        do)."""
+        check_generation_args(1, batch_size, prompts)
+        prompt_ids, rows = answer_rows(self.tokenizer, prompts, answers)
+        sums = []
+        pad = self.tokenizer.pad_token_id
+        with self.using(adapter):
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                width = max(len(r) for r in batch)
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch])
+                logits = self.model(input_ids=ids.to(self.model.device),
+                                    attention_mask=mask.to(self.model.device)).logits.float()
+                logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+                for i, row in enumerate(batch):
+                    first = len(prompt_ids[start + i])
+                    targets = torch.tensor(row[first:], device=logprobs.device)
+                    steps = logprobs[i, first - 1 : len(row) - 1]
+                    sums.append((float(steps.gather(1, targets[:, None]).sum()), len(targets)))
+        return sums
+
+    def _finish(self, row: torch.Tensor, logprobs: torch.Tensor,
+                stop: Sequence[str]) -> Generation:
         special = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
-        tokens = [t for t in row.tolist() if t not in special]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        kept = [i for i, t in enumerate(row.tolist()) if t not in special]
+        text = self.tokenizer.decode(row[kept].tolist(), skip_special_tokens=True)
         for s in stop:
             cut = text.find(s)
             if cut >= 0:
                 text = text[:cut]
-        return Generation(text, len(tokens))
+        return Generation(text, len(kept), float(logprobs[kept].float().sum()))
+
+
+def answer_rows(tokenizer: Any, prompts: Sequence[str],
+                 answers: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each prompt and of the prompt followed by its answer."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+    if any(not a.strip() for a in answers):
+        raise ValueError("an answer is empty: there is nothing to score")
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    answer_ids = tokenizer([" " + a.strip() for a in answers],
+                           add_special_tokens=False)["input_ids"]
+    return prompt_ids, [p + a for p, a in zip(prompt_ids, answer_ids)]

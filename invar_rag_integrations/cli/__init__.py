@@ -8,24 +8,25 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .evaluation.chunking import CHUNKING_NAMES, PASSAGES
-from .evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
-from .evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
-from .generation import GENERATION_BACKENDS
-from .invar.settings import PRECISIONS, InvarSettings
-from .rerank_service.settings import API_KEY_VARIABLE, SCORER_ENGINES, add_settings_flags
-from .retrieval.stage1 import STAGE1
-from .synthetic import ROUND_TRIPS
-from .training.catalog import RETRIEVER_NAMES
+from ..evaluation.chunking import CHUNKING_NAMES, PASSAGES
+from ..evaluation.datasets import ODQA_DATASETS, RETRIEVAL_DATASETS, SPLITS
+from ..evaluation.qa_eval import QA_DATASETS, QA_SYSTEMS
+from ..generation import GENERATION_BACKENDS
+from ..invar.settings import PRECISIONS, InvarSettings
+from ..rerank_service.settings import API_KEY_VARIABLE, SCORER_ENGINES, add_settings_flags
+from ..retrieval.stage1 import STAGE1
+from ..synthetic import ROUND_TRIPS
+from ..training.catalog import RETRIEVER_NAMES
+from .fitting import add_fitting_commands, positive_int
 
 
 def _eval_retrieval(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_retrieval, odqa_questions
-    from .evaluation.chunking import chunked_corpus
-    from .evaluation.results import pivot_table, write_results
-    from .invar import TwoStageRetriever
-    from .retrieval import CrossEncoderRetriever
-    from .training.catalog import make_retriever
+    from ..evaluation import evaluate_retrieval, odqa_questions
+    from ..evaluation.chunking import chunked_corpus
+    from ..evaluation.results import pivot_table, write_results
+    from ..invar import TwoStageRetriever
+    from ..retrieval import CrossEncoderRetriever
+    from ..training.catalog import make_retriever
 
     if "triviaqa_dev" in args.datasets:
         raise SystemExit("triviaqa_dev has no covering passages in the corpus: use it for answer "
@@ -74,9 +75,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval_qa(args: argparse.Namespace) -> None:
-    from .evaluation import odqa_corpus, odqa_questions
-    from .evaluation.qa_eval import compare_systems, sample_per_dataset
-    from .evaluation.results import pivot_table, write_results
+    from ..evaluation import odqa_corpus, odqa_questions
+    from ..evaluation.qa_eval import compare_systems, sample_per_dataset
+    from ..evaluation.results import pivot_table, write_results
 
     questions = sample_per_dataset(odqa_questions(args.split, args.datasets, data=args.data_dir),
                                    args.sample, args.seed)
@@ -90,9 +91,9 @@ def _eval_qa(args: argparse.Namespace) -> None:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from .data import load_passages
-    from .invar import TwoStageRetriever
-    from .invar.two_stage import INDEX_DIR
+    from ..data import load_passages
+    from ..invar import TwoStageRetriever
+    from ..invar.two_stage import INDEX_DIR
 
     passages = load_passages(args.corpus)  # validated before any model loads
     retriever = TwoStageRetriever.from_pretrained(args.retriever, index=None)
@@ -104,29 +105,9 @@ def _index(args: argparse.Namespace) -> None:
           f"({len(passages) / seconds:.1f} passages/s); saved to {output}", file=sys.stderr)
 
 
-def _calibrate(args: argparse.Namespace) -> None:
-    import json
-
-    from .evaluation import odqa_questions
-    from .evaluation.chunking import chunked_corpus
-    from .training.calibrate import calibrate_system
-
-    questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
-    corpus = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
-    command = (f"invar-rag calibrate {args.system}"
-               + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-               + f" --split {args.split} --chunking {args.chunking}"
-               + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
-               + (f" --limit {args.limit}" if args.limit else ""))
-    report = calibrate_system(args.system, questions, corpus, command)
-    print(json.dumps(report, indent=2))
-    print(f"stored the calibration fitted on {len(questions)} questions in {args.system}",
-          file=sys.stderr)
-
-
 def _init_system(args: argparse.Namespace) -> None:
-    from .invar import InvarSettings, TwoStageRetriever
-    from .invar.artifacts import save_retriever
+    from ..invar import InvarSettings, TwoStageRetriever
+    from ..invar.artifacts import save_retriever
 
     defaults = InvarSettings()
     settings = InvarSettings(stage1=args.stage1, candidates=args.candidates,
@@ -144,8 +125,8 @@ def _init_system(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import SHIPPED_SYSTEM
-    from .demo.run import DemoSettings, run_demo
+    from ..demo import SHIPPED_SYSTEM
+    from ..demo.run import DemoSettings, run_demo
 
     run_demo(DemoSettings(args.system or SHIPPED_SYSTEM, args.backend))
 
@@ -153,11 +134,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _make_questions(args: argparse.Namespace) -> None:
     import json
 
-    from .data import load_passages
-    from .generation import HFGenerator
-    from .invar.precision import resolve_precision
-    from .models import load_base_lm
-    from .synthetic import SyntheticSettings, make_questions
+    from ..data import load_passages
+    from ..generation import HFGenerator
+    from ..invar.precision import resolve_precision
+    from ..models import load_base_lm
+    from ..synthetic import SyntheticSettings, make_questions
 
     passages = load_passages(args.corpus)  # validated before any model loads
     settings = SyntheticSettings(passages=args.passages, seed=args.seed,
@@ -177,8 +158,8 @@ def _make_questions(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     args.api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     if args.rerank:
-        from .rerank_service.server import DEFAULT_RERANK_PORT, serve_rerank
-        from .rerank_service.settings import settings_from_args
+        from ..rerank_service.server import DEFAULT_RERANK_PORT, serve_rerank
+        from ..rerank_service.settings import settings_from_args
 
         if args.merge:
             raise ValueError("--merge is a setting of the generation server, not of --rerank")
@@ -188,8 +169,8 @@ def _serve(args: argparse.Namespace) -> None:
         return
     if args.scorer_engine:
         raise ValueError("--scorer-engine: a setting of the rerank service; add --rerank")
-    from .rerank_service.settings import given_settings
-    from .serving import DEFAULT_PORT, serve
+    from ..rerank_service.settings import given_settings
+    from ..serving import DEFAULT_PORT, serve
 
     rerank_only = [f"--{name.replace('_', '-')}" for name in given_settings(args)
                    if name != "api_key"]
@@ -197,13 +178,6 @@ def _serve(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(rerank_only)}: settings of the rerank service; add --rerank")
     serve(args.system, args.host, args.port or DEFAULT_PORT, args.api_key, args.engine_args,
           args.merge)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--retriever", required=True,
                     help=f"{', '.join(RETRIEVER_NAMES)}, a trained system directory or the "
                          "folder of a saved retriever")
-    ev.add_argument("--candidates", type=_positive_int,
+    ev.add_argument("--candidates", type=positive_int,
                     help="two-stage retrievers: stage-1 candidates the scorer reads per query")
     ev.add_argument("--split", choices=SPLITS, default="dev")
     ev.add_argument("--chunking", choices=CHUNKING_NAMES, default=PASSAGES,
@@ -224,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--datasets", nargs="+", default=list(RETRIEVAL_DATASETS),
                     help=f"{', '.join(ODQA_DATASETS)}, or a dataset of --data-dir (e.g. "
                          "synthetic, from make-questions)")
-    ev.add_argument("--limit", type=_positive_int, help="first N questions of each dataset")
-    ev.add_argument("--k", type=_positive_int, nargs="+", default=[1, 5, 20])
+    ev.add_argument("--limit", type=positive_int, help="first N questions of each dataset")
+    ev.add_argument("--k", type=positive_int, nargs="+", default=[1, 5, 20])
     ev.add_argument("--data-dir", help="folder with odqa/ (default: $INVAR_RAG_DATA or "
                                        "../shared/data)")
     ev.add_argument("--output", help="results JSON (default: eval-retrieval-NAME-SPLIT.json)")
@@ -246,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--split", choices=SPLITS, default="val")
     qa.add_argument("--datasets", nargs="+", default=list(QA_DATASETS),
                     help=f"{', '.join(ODQA_DATASETS)}, or a dataset of --data-dir")
-    qa.add_argument("--sample", type=_positive_int,
+    qa.add_argument("--sample", type=positive_int,
                     help="a fixed seeded sample of N questions per dataset (default: all)")
     qa.add_argument("--seed", type=int, default=0)
-    qa.add_argument("--batch-size", type=_positive_int, default=8)
+    qa.add_argument("--batch-size", type=positive_int, default=8)
     qa.add_argument("--backend", choices=GENERATION_BACKENDS, default="hf",
                     help="generate with HF + peft (default) or one vLLM engine for all systems "
                          "(vllm-merged: the invar-rag and generator+minilm rows only)")
@@ -265,24 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--output", help="index folder (default: <retriever>/index)")
     index.set_defaults(func=_index)
 
-    calibrate = commands.add_parser(
-        "calibrate", help="fit a system's relevance probabilities on questions with answers "
-                          "(e.g. those make-questions writes) and store them in it")
-    calibrate.add_argument("system", help="system directory (its manifest is updated)")
-    calibrate.add_argument("--data-dir",
-                           help="folder with odqa/corpus.jsonl and odqa/dev_questions.jsonl "
-                                "(the layout make-questions writes; default: $INVAR_RAG_DATA "
-                                "or ../shared/data)")
-    calibrate.add_argument("--datasets", nargs="+",
-                           help="datasets of the questions file (default: the shared ones; "
-                                "synthetic for make-questions' output)")
-    calibrate.add_argument("--split", choices=SPLITS, default="dev",
-                           help="which of the questions (dev: all)")
-    calibrate.add_argument("--chunking", choices=CHUNKING_NAMES, default=PASSAGES,
-                           help="cut the corpus's articles into nodes as your pipeline does")
-    calibrate.add_argument("--limit", type=_positive_int,
-                           help="first N questions of each dataset")
-    calibrate.set_defaults(func=_calibrate)
+    add_fitting_commands(commands)
 
     init = commands.add_parser(
         "init-system", help="write a system directory holding the zero-shot two-stage retriever "
@@ -294,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stage-1 encoder: minilm or a sentence-transformers folder")
     init.add_argument("--stage1", choices=STAGE1, default=InvarSettings.stage1,
                       help="candidate proposer: rrf (BM25 + MiniLM) or minilm")
-    init.add_argument("--candidates", type=_positive_int, default=InvarSettings.candidates,
+    init.add_argument("--candidates", type=positive_int, default=InvarSettings.candidates,
                       help="stage-1 candidates the scorer reads per query")
-    init.add_argument("--read-first", type=_positive_int,
+    init.add_argument("--read-first", type=positive_int,
                       help="candidates the scorer reads before it may stop (default: "
                            "min(2, --candidates); --candidates reads them all)")
     init.add_argument("--stop-margin", type=float, default=InvarSettings.stop_margin,
@@ -310,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     questions.add_argument("--corpus", required=True, help="JSON-lines passages {id, text, title}")
     questions.add_argument("--output", required=True,
                            help="folder for odqa/corpus.jsonl and odqa/dev_questions.jsonl")
-    questions.add_argument("--passages", type=_positive_int, default=200,
+    questions.add_argument("--passages", type=positive_int, default=200,
                            help="passages sampled (seeded)")
     questions.add_argument("--seed", type=int, default=0)
     questions.add_argument("--base-model", default="smollm2",
@@ -319,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="retrieval: keep a pair when BM25 ranks its passage in the top "
                                 "--round-trip-depth for the question; answer: when the LM "
                                 "answers it back (strict for a small LM); none")
-    questions.add_argument("--round-trip-depth", type=_positive_int, default=5)
-    questions.add_argument("--batch-size", type=_positive_int, default=8)
+    questions.add_argument("--round-trip-depth", type=positive_int, default=5)
+    questions.add_argument("--batch-size", type=positive_int, default=8)
     questions.add_argument("--precision", choices=PRECISIONS, default="auto",
                            help="the writer's weights: auto = bfloat16 where the CPU multiplies "
                                 "it natively (AMX) or on a GPU, else float32")
@@ -340,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "clients) instead of the generation server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=_positive_int,
+    serve.add_argument("--port", type=positive_int,
                        help="default: 8000 (generation), 8001 (--rerank)")
     serve.add_argument("--merge", action="store_true",
                        help="serve the generator merged into a copy of the base model (on CPUs "
@@ -379,6 +336,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, ImportError, OSError) as err:
         raise SystemExit(f"invar-rag {args.command}: error: {err}") from None
 
-
-if __name__ == "__main__":
-    main()

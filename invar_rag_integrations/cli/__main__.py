@@ -1,0 +1,5 @@
+"""``python -m invar_rag_integrations.cli``."""
+
+from . import main
+
+main()
