@@ -211,6 +211,8 @@ def _calibration_tables(rows: list[dict]) -> list[str]:
 
 _ABSTENTION = ["auroc_unanswerable", "declined_unanswerable", "correct_kept", "answered",
                "em_answered", "threshold"]
+_PAIRED = ["declined_only_here", "declined_only_by_relevance", "kept_only_here",
+           "kept_only_by_relevance"]
 _EXCLUDED = ["excluded_answer_word_in_question", "excluded_answer_in_no_passage",
              "excluded_answer_in_too_many", "kept", "answerable", "unanswerable", "correct"]
 
@@ -221,12 +223,13 @@ def _abstention_tables(rows: list[dict]) -> list[str]:
     parts = []
     for split in ("val", "tune"):
         mine = [r for r in rows if r["split"] == split]
-        decided = [r for r in mine if r["metric"] in _ABSTENTION]
+        decided = [r for r in mine if r["metric"] in _ABSTENTION + _PAIRED
+                   and not r["system"].startswith("signal:")]
         parts += [f"### Questions ({split}): excluded per rule, kept, answerable (answer in the "
                   "top k over the full corpus), unanswerable (over the corpus without their "
                   "answers)", "", pivot_table(mine, _EXCLUDED), "",
                   f"### Abstention at the threshold fitted on tune ({split} questions)", "",
-                  pivot_table(decided, _ABSTENTION), "",
+                  pivot_table(decided, _ABSTENTION + _PAIRED), "",
                   f"### Each signal alone: AUROC answerable vs unanswerable ({split})", "",
                   pivot_table([r for r in mine if r["system"].startswith("signal:")],
                               ["auroc_unanswerable"]), ""]
@@ -235,6 +238,10 @@ def _abstention_tables(rows: list[dict]) -> list[str]:
             parts += [f"### EM of the answered questions against the share answered ({split}; "
                       "most confident first, answerable and unanswerable together)", "",
                       pivot_table(mine, coverage), ""]
+        timed = [r for r in mine if r["metric"] == "s_per_question"]
+        if timed:
+            parts += [f"### Seconds per question answered, without and with deciding ({split}; "
+                      "retrieval excluded)", "", pivot_table(timed, ["s_per_question"]), ""]
     return parts
 
 

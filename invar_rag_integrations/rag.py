@@ -202,8 +202,9 @@ class RAGPipeline:
         Args:
             abstain: Decline ("not found in the documents") when the abstention model's
                 confidence is below its threshold (``None``: the pipeline's default).
-            evidence: Compute each answer's evidence and confidence also when not declining
-                (one extra short pass of the generator per answer).
+            evidence: Compute each answer's evidence (every signal) and confidence also when
+                not declining (one extra short pass of the generator per answer; when only
+                abstaining, it runs if the model reads its signals).
         """
         questions = check_queries(questions)
         abstain = self.resolve_abstain(abstain)
@@ -218,7 +219,8 @@ class RAGPipeline:
         texts = [self.template.clean_answer(g.text) for g in generations]
         found: list[Evidence | None] = [None] * len(questions)
         if abstain or evidence:
-            found = list(self.evidence(questions, sources, texts, generations))
+            found = self.evidence(questions, sources, texts, generations, evidence or (
+                self.abstention is not None and self.abstention.reads_closed_book))
         answers = []
         for q, s, p, g, text, e in zip(questions, sources, prompts, generations, texts, found):
             confidence = None
@@ -231,16 +233,20 @@ class RAGPipeline:
         return answers
 
     def evidence(self, questions: Sequence[str], sources: Sequence[Sequence[Source]],
-                 texts: Sequence[str], generations: Sequence[Any]) -> list[Evidence]:
+                 texts: Sequence[str], generations: Sequence[Any],
+                 closed_book: bool = True) -> list[Evidence]:
         """The evidence behind each generated answer: its sources' scores, its log-probability
         with the passages (from the generation) and without them (one short pass of the
-        generator), and whether its words occur in the passages."""
-        spoken = [i for i, t in enumerate(texts) if t.strip()]
-        closed = dict(zip(spoken, self.generator.answer_logprobs(
-            [self.template.render(questions[i]) for i in spoken], [texts[i] for i in spoken],
-            adapter=self.adapter, batch_size=self.batch_size)))
-        return [Evidence.of([x.score for x in s], g.logprob, g.num_tokens,
-                            *closed.get(i, (0.0, 0)),
+        generator; ``closed_book=False`` skips it), and whether its words occur in the
+        passages."""
+        closed: dict[int, tuple[float, int]] = {}
+        if closed_book:
+            spoken = [i for i, t in enumerate(texts) if t.strip()]
+            closed = dict.fromkeys(range(len(texts)), (0.0, 0))
+            closed.update(zip(spoken, self.generator.answer_logprobs(
+                [self.template.render(questions[i]) for i in spoken],
+                [texts[i] for i in spoken], adapter=self.adapter, batch_size=self.batch_size)))
+        return [Evidence.of([x.score for x in s], g.logprob, g.num_tokens, closed.get(i),
                             bool(t.strip()) and has_answer([t], "\n".join(
                                 x.passage.full_text() for x in s)))
                 for i, (s, t, g) in enumerate(zip(sources, texts, generations))]

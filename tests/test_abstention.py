@@ -68,13 +68,15 @@ def test_the_answer_index_finds_what_has_answer_finds() -> None:
 
 
 def test_evidence_from_scores_and_log_probabilities() -> None:
-    evidence = Evidence.of([0.5, 0.5], logprob=-2.0, num_tokens=4, closed_logprob=-6.0,
-                           closed_tokens=3, in_passages=True)
+    evidence = Evidence.of([0.5, 0.5], logprob=-2.0, num_tokens=4, closed=(-6.0, 3),
+                           in_passages=True)
     assert evidence.relevance == 0.5 and evidence.relevance_any == pytest.approx(0.75)
     assert evidence.answer_logprob == -0.5 and evidence.closed_logprob == -2.0
     assert evidence.pmi == 4.0 and evidence.in_passages == 1.0
-    empty = Evidence.of([], 0.0, 0, 0.0, 0, False)
+    empty = Evidence.of([], 0.0, 0, (0.0, 0), False)
     assert empty.relevance == 0.0 and empty.relevance_any == 0.0 and empty.pmi == 0.0
+    skipped = Evidence.of([0.5], -2.0, 4, None, False)
+    assert np.isnan(skipped.closed_logprob) and np.isnan(skipped.pmi)
 
 
 def _model(intercept: float, threshold: float) -> AbstentionModel:
@@ -84,7 +86,8 @@ def _model(intercept: float, threshold: float) -> AbstentionModel:
 def test_abstention_model_round_trip_and_bad_entries() -> None:
     model = AbstentionModel(Logistic(("relevance", "pmi"), (2.0, 0.5), -1.0), 0.3,
                             {"source": "test"})
-    evidence = Evidence.of([0.8], -1.0, 2, -3.0, 2, True)
+    evidence = Evidence.of([0.8], -1.0, 2, (-3.0, 2), True)
+    assert model.reads_closed_book and not _model(0.0, 0.5).reads_closed_book
     assert model.confidence(evidence) == pytest.approx(1 / (1 + np.exp(-(-1 + 1.6 + 1.0))))
     again = AbstentionModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again == model
@@ -101,7 +104,7 @@ def _examples(rng: np.random.Generator, n: int) -> list[AbstentionExample]:
     for i in range(n):
         answerable = i % 2 == 0
         relevance = float(np.clip(rng.normal(0.6 if answerable else 0.3, 0.15), 0, 1))
-        evidence = Evidence.of([relevance], -1.0, 2, -2.0, 2, answerable)
+        evidence = Evidence.of([relevance], -1.0, 2, (-2.0, 2), answerable)
         examples.append(AbstentionExample(str(i), "nq", answerable, "x",
                                           answerable and i % 4 == 0, evidence))
     return examples
@@ -145,6 +148,9 @@ def test_the_rag_declines_below_the_threshold_and_answers_above_it(rag: InvarRAG
     assert answer.declined and answer.text == DECLINED_TEXT
     assert answer.confidence == pytest.approx(0.5) and answer.sources == plain.sources
     assert answer.evidence.relevance == max(s.score for s in plain.sources)
+    assert np.isnan(answer.evidence.pmi)  # a model of relevance alone needs no closed-book pass
+    full = rag.answer_batch([question], evidence=True)[0].evidence
+    assert full.relevance == answer.evidence.relevance and np.isfinite(full.pmi)
     assert list(declining.stream(question)) == [DECLINED_TEXT]
     assert declining.answer(question, abstain=False).text == plain.text
     answering = abstaining(rag, 0.4)

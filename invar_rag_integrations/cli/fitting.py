@@ -9,6 +9,7 @@ from typing import Any
 
 from ..evaluation.chunking import CHUNKING_NAMES, PASSAGES
 from ..evaluation.datasets import SPLITS
+from ..generation.abstention import SIGNALS
 from ..training.abstention import KEEP_CORRECT
 
 
@@ -51,7 +52,7 @@ def _fit_abstention(args: argparse.Namespace) -> None:
     corpus = chunked_corpus(args.chunking, args.data_dir)
     report = fit_abstention_system(args.system, questions, corpus, cache_dir() / "abstention",
                                    " ".join(["invar-rag", *sys.argv[1:]]),
-                                   keep_correct=args.keep_correct,
+                                   signals=args.signals, keep_correct=args.keep_correct,
                                    on_by_default=args.on_by_default)
     print(json.dumps(report, indent=2))
     print(f"stored the abstention model in {args.system}", file=sys.stderr)
@@ -87,6 +88,9 @@ def add_fitting_commands(commands: Any) -> None:
                                "documents\"): its questions answered over the corpus and over "
                                "the corpus without their answers; stored in the system")
     _question_arguments(abstention, split="tune")
+    abstention.add_argument("--signals", nargs="+", choices=SIGNALS, default=list(SIGNALS),
+                            help="what the confidence reads (without closed_logprob and pmi "
+                                 "it needs no extra pass of the generator)")
     abstention.add_argument("--keep-correct", type=float, default=KEEP_CORRECT,
                             help="share of the correct answers the threshold keeps")
     abstention.add_argument("--on-by-default", action="store_true",

@@ -14,6 +14,7 @@ confidence below which the RAG declines.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from ..system import MANIFEST, read_manifest, write_manifest
 
 SIGNALS = ("relevance", "relevance_any", "answer_logprob", "closed_logprob", "pmi",
            "in_passages")
+CLOSED_BOOK_SIGNALS = ("closed_logprob", "pmi")  # the ones that cost an extra pass
 DECLINED_TEXT = "Not found in the documents."
 
 
@@ -44,18 +46,19 @@ class Evidence:
 
     @classmethod
     def of(cls, scores: Sequence[float], logprob: float, num_tokens: int,
-           closed_logprob: float, closed_tokens: int, in_passages: bool) -> Evidence:
+           closed: tuple[float, int] | None, in_passages: bool) -> Evidence:
         """The signals from the sources' scores, the generation's summed log-probability over
-        ``num_tokens`` tokens, and the answer's summed log-probability without passages over
-        ``closed_tokens`` tokens (an empty answer: 0 tokens, both sums 0)."""
+        ``num_tokens`` tokens, and ``closed``: the answer's summed log-probability without the
+        passages and its token count (an empty answer: ``(0, 0)``; ``None``: not computed,
+        so ``closed_logprob`` and ``pmi`` are NaN)."""
         miss = 1.0
         for score in scores:
             miss *= 1.0 - min(max(score, 0.0), 1.0)
+        total, count = closed if closed is not None else (math.nan, 0)
         return cls(relevance=max(scores, default=0.0), relevance_any=1.0 - miss,
                    answer_logprob=logprob / max(num_tokens, 1),
-                   closed_logprob=closed_logprob / max(closed_tokens, 1),
-                   pmi=logprob - closed_logprob, in_passages=float(in_passages))
-
+                   closed_logprob=total / max(count, 1), pmi=logprob - total,
+                   in_passages=float(in_passages))
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class AbstentionModel:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"an abstention threshold is a confidence in [0, 1], got "
                              f"{self.threshold!r}")
+
+    @property
+    def reads_closed_book(self) -> bool:
+        """Whether a signal needs the answer's log-probability without the passages."""
+        return bool(set(CLOSED_BOOK_SIGNALS) & set(self.model.features))
 
     def confidence(self, evidence: Evidence) -> float:
         """The probability that the answer rests on passages that hold an answer."""

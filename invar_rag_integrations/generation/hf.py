@@ -208,7 +208,7 @@ class HFGenerator:
 
 
 def answer_rows(tokenizer: Any, prompts: Sequence[str],
-                 answers: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+                answers: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of each prompt and of the prompt followed by its answer."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")

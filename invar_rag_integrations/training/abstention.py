@@ -85,7 +85,8 @@ def fit_abstention_system(system_dir: str | os.PathLike[str], questions: Sequenc
     """
     from ..rag import InvarRAG
 
-    rag = InvarRAG.from_pretrained(system_dir, corpus=list(corpus), index=None)
+    rag = InvarRAG.from_pretrained(system_dir, abstain=False)
+    rag.index(list(corpus))  # these passages, not a saved index of other ones
     examples = abstention_set(rag, questions, corpus, cache_dir).examples
     model = fit_abstention(examples, signals, keep_correct, source)
     store_abstention(system_dir, model, on_by_default)
