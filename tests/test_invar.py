@@ -146,7 +146,7 @@ def test_a_lora_at_zero_scores_like_the_base_model_and_trains_only_its_weights(l
 
     model, tokenizer = lm
     base = _scorer(lm).score("who discovered penicillin", PASSAGES)
-    peft_model = get_peft_model(model, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+    peft_model = get_peft_model(model, lora_config(model, 4, 8, 0.0, ["q_proj", "v_proj"]),
                                 adapter_name="retriever")
     scorer = InvarScorer(peft_model, tokenizer, ScorerSettings(), "retriever",
                          precision="float32")
@@ -271,7 +271,7 @@ def test_system_dir_with_an_adapter_round_trips_and_checks_its_identity(
     from invar_rag_integrations.models.adapters import lora_config
 
     scorer = zero_shot.scorer
-    scorer.lm = get_peft_model(scorer.lm, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+    scorer.lm = get_peft_model(scorer.lm, lora_config(scorer.lm, 4, 8, 0.0, ["q_proj", "v_proj"]),
                                adapter_name="retriever")
     scorer.adapter = "retriever"
     with torch.no_grad():  # move the adapter away from zero

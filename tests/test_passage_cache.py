@@ -96,7 +96,7 @@ def test_states_of_another_adapter_or_older_weights_are_never_used(lm) -> None:
     from invar_rag_integrations.models.adapters import lora_config
 
     model, tokenizer = lm
-    peft_model = get_peft_model(model, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+    peft_model = get_peft_model(model, lora_config(model, 4, 8, 0.0, ["q_proj", "v_proj"]),
                                 adapter_name="retriever")
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:

@@ -306,7 +306,7 @@ def test_training_scores_equal_the_serving_scores(tiny_lm_dir: Path,
                    "Medicine")
     retriever.index([*PASSAGES.values(), long])
     scorer = retriever.scorer
-    scorer.lm = get_peft_model(scorer.lm, lora_config(4, 8, 0.0, ["q_proj", "v_proj"]),
+    scorer.lm = get_peft_model(scorer.lm, lora_config(scorer.lm, 4, 8, 0.0, ["q_proj", "v_proj"]),
                                adapter_name="retriever")
     scorer.adapter = "retriever"
     with torch.no_grad():  # a LoRA away from zero, so the adapter matters

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.adapters import check_lora, lora_config
+from ..models.lora_targets import AUTO, resolve_lora_targets
 from ..models.registry import hash_file
 from ..system import FORMAT, MANIFEST, is_system_dir, model_identity, read_manifest, write_stage
 from .prompts import PromptTemplate
@@ -31,7 +32,9 @@ class GeneratorSettings:
         max_new_tokens: Longest answer.
         max_prompt_tokens: Prompt budget; longer prompts lose passage words first, then
             question words (``None``: the model's context minus ``max_new_tokens``).
-        lora_r, lora_alpha, lora_dropout, lora_targets: The ``generator`` LoRA adapter.
+        lora_r, lora_alpha, lora_dropout, lora_targets: The ``generator`` LoRA adapter
+            (``lora_targets``: layer names, or ``["auto"]`` for the base model's attention
+            projections; the manifest records the resolved names).
     """
 
     k: int = 3
@@ -40,8 +43,7 @@ class GeneratorSettings:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_targets: list[str] = field(default_factory=lambda: [AUTO])
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_new_tokens < 1:
@@ -61,10 +63,11 @@ class GeneratorSettings:
 def add_generator_adapter(lm: Any, settings: GeneratorSettings) -> Any:
     """Add a fresh ``generator`` LoRA adapter to ``lm`` (a peft model gains a second adapter on
     the same base weights; a plain model is wrapped). It becomes the active adapter and the
-    only trainable weights."""
+    only trainable weights; ``settings.lora_targets`` becomes the resolved layer names."""
     from peft import get_peft_model
 
-    config = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+    settings.lora_targets = resolve_lora_targets(lm, settings.lora_targets)
+    config = lora_config(lm, settings.lora_r, settings.lora_alpha, settings.lora_dropout,
                          settings.lora_targets)
     if hasattr(lm, "peft_config"):
         lm.add_adapter(GENERATOR_ADAPTER, config)

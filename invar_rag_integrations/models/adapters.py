@@ -61,30 +61,31 @@ def use_adapter(model: Any, adapter: str | None) -> Iterator[None]:
             activate(previous)
 
 
-# Projections vLLM's multi-LoRA serves for Llama-style models, and its largest rank.
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MAX_LORA_RANK = 64
+MAX_LORA_RANK = 64  # vLLM's largest LoRA rank
 
 
 def check_lora(r: int, targets: Sequence[str]) -> None:
-    """Reject LoRA settings vLLM could not serve.
+    """Reject LoRA settings vLLM could not serve (the target names are checked against the
+    model when it is loaded: ``lora_targets.resolve_lora_targets``).
 
     Raises:
-        ValueError: ``r`` outside ``1..64`` or a target outside :data:`LORA_TARGETS`.
+        ValueError: ``r`` outside ``1..64`` or no targets.
     """
     if r < 1 or r > MAX_LORA_RANK:
         raise ValueError(f"lora_r must be in 1..{MAX_LORA_RANK} (vLLM serves ranks up to "
                          f"{MAX_LORA_RANK}), got {r}")
-    unknown = sorted(set(targets) - set(LORA_TARGETS))
-    if unknown or not targets:
-        raise ValueError(f"lora_targets must be a non-empty subset of {list(LORA_TARGETS)} "
-                         f"(what vLLM serves); got {list(targets)}")
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"lora_targets must be a non-empty list of layer names (or ['auto']), "
+                         f"got {list(targets)}")
 
 
-def lora_config(r: int, alpha: int, dropout: float, targets: Sequence[str]) -> Any:
-    """A peft ``LoraConfig`` for a causal LM, after :func:`check_lora`."""
+def lora_config(model: Any, r: int, alpha: int, dropout: float, targets: Sequence[str]) -> Any:
+    """A peft ``LoraConfig`` for causal LM ``model``, its targets resolved against its layers
+    (``["auto"]``: its architecture's attention projections)."""
     from peft import LoraConfig
 
+    from .lora_targets import resolve_lora_targets
+
     check_lora(r, targets)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                      bias="none")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=resolve_lora_targets(model, targets), bias="none")

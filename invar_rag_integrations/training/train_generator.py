@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from invar_rag_integrations.evaluation.datasets import odqa_corpus
     from invar_rag_integrations.generation import PromptTemplate
     from invar_rag_integrations.generation.artifacts import add_generator_adapter, save_generator
+    from invar_rag_integrations.models.lora_targets import resolve_lora_targets
     from invar_rag_integrations.retrieval.search_cache import cached_search
 
     from .generator_data import IGNORE_INDEX, build_examples, make_collate
@@ -157,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     by_id = {p.id: p for p in passages}
     retriever, lm, tokenizer = load_retriever(system, passages)
     claim_output_dir(output, system.system_dir, retriever.identity())
+    # a target the model lacks fails now, before any retrieval
+    settings.lora_targets = resolve_lora_targets(lm, settings.lora_targets)
 
     # 3. questions: the train split of each dataset (the validation carve-out is never used)
     questions, _ = select_questions(data.train_datasets, data.questions_per_dataset, 0,

@@ -35,7 +35,8 @@ from transformers import TrainingArguments
 
 from invar_rag_integrations.evaluation.chunking import CHUNKING_NAMES
 from invar_rag_integrations.invar.settings import InvarSettings
-from invar_rag_integrations.models.adapters import LORA_TARGETS, check_lora
+from invar_rag_integrations.models.adapters import check_lora
+from invar_rag_integrations.models.lora_targets import AUTO, resolve_lora_targets
 
 from .query_variants import REWRITE_KINDS
 from .trainer_utils import parse_config
@@ -52,7 +53,10 @@ class ModelArguments(InvarSettings):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS[:4]))
+    lora_targets: list[str] = field(
+        default_factory=lambda: [AUTO],
+        metadata={"help": "the retriever adapter's layers (auto: the base model's attention "
+                          "projections)"})
     train_lora: bool = field(
         default=True, metadata={"help": "adapt the LM; false: freeze it and train the head and "
                                         "fusion weight on cached scorer outputs"})
@@ -170,7 +174,7 @@ def train_lora(model_args: ModelArguments, settings: InvarSettings, loss_args: L
 
     output = Path(train_args.output_dir)
     torch.manual_seed(train_args.seed)
-    lm = get_peft_model(lm, lora_config(model_args.lora_r, model_args.lora_alpha,
+    lm = get_peft_model(lm, lora_config(lm, model_args.lora_r, model_args.lora_alpha,
                                         model_args.lora_dropout, model_args.lora_targets),
                         adapter_name=RETRIEVER_ADAPTER)
     coarse_dim = coarse_encoder.get_embedding_dimension()
@@ -293,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # 2. models: the base LM scores LSR first, then gets the retriever adapter
     lm, tokenizer = load_base_lm(model_args.base_model)
+    if model_args.train_lora:  # a target the model lacks fails now, before any preparation
+        model_args.lora_targets = resolve_lora_targets(lm, model_args.lora_targets)
     coarse_encoder = load_coarse_encoder(model_args.coarse_encoder)
 
     with train_args.main_process_first(desc="data preparation"):
