@@ -353,22 +353,31 @@ def test_lm_paraphrases_give_variants_per_question(tiny_lm_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_gpu_config_runs_one_step_on_the_tiny_model(tmp_path: Path, tiny_lm_dir: Path,
-                                                    tiny_encoder_dir: Path,
-                                                    odqa_dir: Path) -> None:
-    """The paper-scale config (the same driver under torchrun / accelerate) on CPU, one step."""
+@pytest.mark.parametrize("name, family", [("retriever_llama2_7b_gpu", "llama"),
+                                          ("retriever_qwen2.5_7b_gpu", "qwen2"),
+                                          ("retriever_qwen2.5_0.5b_gpu", "qwen2")])
+def test_gpu_configs_run_one_step_on_a_tiny_model_of_their_family(
+        name: str, family: str, tmp_path: Path, tiny_lm_dir: Path, tiny_encoder_dir: Path,
+        odqa_dir: Path) -> None:
+    """The GPU configs (the same driver under torchrun / accelerate) on CPU, one step, each
+    with its base model swapped for a tiny random model of the same family."""
+    from test_families import tiny_family_model
+
     from invar_rag_integrations.training import train_retriever
 
-    config = ROOT / "training" / "configs" / "retriever_llama2_7b_gpu.json"
+    config = ROOT / "training" / "configs" / f"{name}.json"
+    base = tiny_lm_dir if family == "llama" else tiny_family_model(tmp_path, family)
     (odqa_dir / "train" / "FreebaseQA-dev.txt").write_text("Who wrote Hamlet? | shakespeare\n")
     system = train_retriever.main([
-        str(config), "--base_model", str(tiny_lm_dir), "--coarse_encoder", str(tiny_encoder_dir),
+        str(config), "--base_model", str(base), "--coarse_encoder", str(tiny_encoder_dir),
         "--data_dir", str(odqa_dir), "--output_dir", str(tmp_path / "gpu"), "--bf16", "false",
         "--precision", "float32", "--max_steps", "1", "--dataloader_num_workers", "0",
         "--eval_every", "1", "--lsr_cache_dir", str(tmp_path / "lsr")])
     manifest = json.loads((system / "invar_rag.json").read_text())
     assert manifest["retriever"]["settings"]["candidates"] == 50
     assert [r["step"] for r in manifest["metrics"]["retriever"]["tuning_curve"]] == [0, 1]
+    adapter = json.loads((system / "retriever" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == set(json.loads(config.read_text())["lora_targets"])
 
 
 @pytest.mark.slow
