@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from invar_rag_integrations.generation.abstention import SIGNALS, store_abstention
     from invar_rag_integrations.paths import cache_dir
     from invar_rag_integrations.rag import InvarRAG
+    from invar_rag_integrations.system import read_manifest
     from invar_rag_integrations.training.abstention import (
         DEFAULT_SIGNALS,
         KEEP_CORRECT,
@@ -105,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     rag = InvarRAG.from_pretrained(args.system, corpus=corpus, abstain=False)
     rag.retriever.show_progress = False
     index = AnswerIndex(corpus)
+    generator = read_manifest(args.system)["generator"]["hash"]
     sets = {split: abstention_set(rag, odqa_questions(split, DATASETS, data=args.data_dir),
-                                  corpus, cache_dir() / "abstention", index=index)
+                                  corpus, cache_dir() / "abstention", generator, index=index)
             for split in ("tune", "val")}
     source = f"python -m benchmarks.abstention: {len(sets['tune'].examples)} tune examples"
     models = {"invar-rag": fit_abstention(sets["tune"].examples, args.signals,

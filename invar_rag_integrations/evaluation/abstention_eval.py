@@ -54,8 +54,9 @@ class AbstentionSet:
     kept: dict[str, int]
 
 
-def _cache_file(rag: RAGPipeline, folder: Path) -> Path:
+def _cache_file(rag: RAGPipeline, folder: Path, generator_identity: str) -> Path:
     parts = [rag.retriever.identity() if rag.retriever else "none", str(rag.adapter),
+             generator_identity,
              json.dumps(asdict(rag.template), sort_keys=True), repr(rag.settings),
              str(getattr(rag.generator, "name", ""))]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -77,19 +78,21 @@ def _read(file: Path) -> dict[str, AbstentionExample]:
 
 
 def abstention_set(rag: RAGPipeline, questions: Sequence[Question], passages: Sequence[Passage],
-                   cache_dir: str | os.PathLike[str], index: AnswerIndex | None = None,
-                   chunk: int = 32, show_progress: bool = True) -> AbstentionSet:
+                   cache_dir: str | os.PathLike[str], generator_identity: str,
+                   index: AnswerIndex | None = None, chunk: int = 32,
+                   show_progress: bool = True) -> AbstentionSet:
     """Answer the kept questions of each dataset over the full corpus (``rag`` is indexed over
     ``passages``) and over the corpus without their answers (indexed anew), with evidence.
 
     Answers are cached (appended every ``chunk`` examples) under ``cache_dir``, keyed by the
-    retriever, adapter, prompt and settings, so an interrupted run resumes.
+    retriever, ``generator_identity`` (e.g. the manifest's generator hash), adapter, prompt and
+    settings, so an interrupted run resumes.
     """
     if rag.retriever is None:
         raise ValueError("abstention is measured for a pipeline with a retriever")
     index = index or AnswerIndex(passages)
     folder = Path(cache_dir)
-    file = _cache_file(rag, folder)
+    file = _cache_file(rag, folder, generator_identity)
     known = _read(file)
     k = rag.settings.k
     sets: dict[str, UnanswerableSet] = {}

@@ -17,6 +17,7 @@ import numpy as np
 from ..data import Passage, Question
 from ..evaluation.abstention_eval import AbstentionExample, abstention_set, auroc
 from ..generation.abstention import SIGNALS, AbstentionModel, store_abstention
+from ..system import read_manifest
 from .calibrate import MIN_PAIRS_EACH, fit_logistic
 
 DEFAULT_SIGNALS = SIGNALS  # the best on the tuning questions (BENCHMARKS.md, abstention)
@@ -87,7 +88,8 @@ def fit_abstention_system(system_dir: str | os.PathLike[str], questions: Sequenc
 
     rag = InvarRAG.from_pretrained(system_dir, abstain=False)
     rag.index(list(corpus))  # these passages, not a saved index of other ones
-    examples = abstention_set(rag, questions, corpus, cache_dir).examples
+    generator = read_manifest(system_dir)["generator"]["hash"]
+    examples = abstention_set(rag, questions, corpus, cache_dir, generator).examples
     model = fit_abstention(examples, signals, keep_correct, source)
     store_abstention(system_dir, model, on_by_default)
     return {**model.fitted_on, "threshold": model.threshold,
