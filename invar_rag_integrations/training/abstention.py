@@ -86,6 +86,8 @@ def fit_abstention_system(system_dir: str | os.PathLike[str], questions: Sequenc
     """
     from ..rag import InvarRAG
 
+    if not 0.0 < keep_correct <= 1.0:  # said before the long answering, not after
+        raise ValueError(f"keep_correct must be in (0, 1], got {keep_correct}")
     rag = InvarRAG.from_pretrained(system_dir, abstain=False)
     rag.index(list(corpus))  # these passages, not a saved index of other ones
     generator = read_manifest(system_dir)["generator"]["hash"]
