@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -26,16 +26,14 @@ def match_tokens(text: str) -> list[str]:
     return ARTICLES.sub(" ", text).split()
 
 
+def holds_run(tokens: Sequence[str], target: Sequence[str]) -> bool:
+    """Whether ``target`` (non-empty) occurs contiguously in ``tokens``."""
+    n, first = len(target), target[0]
+    return any(token == first and tokens[start : start + n] == target
+               for start, token in enumerate(tokens[: len(tokens) - n + 1]))
+
+
 def has_answer(answers: Iterable[str], text: str) -> bool:
     """Whether the token sequence of any answer occurs contiguously in ``text``'s tokens."""
     tokens = match_tokens(text)
-    for answer in answers:
-        target = match_tokens(answer)
-        if not target:
-            continue
-        n = len(target)
-        first = target[0]
-        for start, token in enumerate(tokens[: len(tokens) - n + 1]):
-            if token == first and tokens[start : start + n] == target:
-                return True
-    return False
+    return any(target and holds_run(tokens, target) for target in map(match_tokens, answers))

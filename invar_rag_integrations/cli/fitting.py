@@ -29,12 +29,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
     questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
     corpus = chunked_corpus(args.chunking, args.data_dir)  # before any model loads
-    command = (f"invar-rag calibrate {args.system}"
-               + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-               + f" --split {args.split} --chunking {args.chunking}"
-               + (f" --datasets {' '.join(args.datasets)}" if args.datasets else "")
-               + (f" --limit {args.limit}" if args.limit else ""))
-    report = calibrate_system(args.system, questions, corpus, command)
+    report = calibrate_system(args.system, questions, corpus, _command(args))
     print(json.dumps(report, indent=2))
     print(f"stored the calibration fitted on {len(questions)} questions in {args.system}",
           file=sys.stderr)
@@ -50,12 +45,24 @@ def _fit_abstention(args: argparse.Namespace) -> None:
 
     questions = odqa_questions(args.split, args.datasets, args.limit, args.data_dir)
     corpus = chunked_corpus(args.chunking, args.data_dir)
+    command = _command(args, f"--signals {' '.join(args.signals)}",
+                       f"--keep-correct {args.keep_correct}",
+                       *(["--on-by-default"] if args.on_by_default else []))
     report = fit_abstention_system(args.system, questions, corpus, cache_dir() / "abstention",
-                                   " ".join(["invar-rag", *sys.argv[1:]]),
-                                   signals=args.signals, keep_correct=args.keep_correct,
+                                   command, signals=args.signals, keep_correct=args.keep_correct,
                                    on_by_default=args.on_by_default)
     print(json.dumps(report, indent=2))
     print(f"stored the abstention model in {args.system}", file=sys.stderr)
+
+
+def _command(args: argparse.Namespace, *options: str) -> str:
+    """The command as it ran, from its arguments (what the manifest records as the source;
+    ``sys.argv`` is another program's when the command line is called from Python)."""
+    return " ".join([f"invar-rag {args.command} {args.system}",
+                     *([f"--data-dir {args.data_dir}"] if args.data_dir else []),
+                     f"--split {args.split} --chunking {args.chunking}",
+                     *([f"--datasets {' '.join(args.datasets)}"] if args.datasets else []),
+                     *([f"--limit {args.limit}"] if args.limit else []), *options])
 
 
 def _question_arguments(parser: argparse.ArgumentParser, split: str = "dev") -> None:

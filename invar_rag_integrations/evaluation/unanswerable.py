@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..answer_match import holds_run, match_tokens
 from ..data import Passage, Question
-from .metrics import match_tokens
 
 MAX_PASSAGES = 50
 EXCLUSION_RULES = ("answer_word_in_question", "answer_in_no_passage", "answer_in_too_many")
@@ -51,11 +51,7 @@ class AnswerIndex:
             if not target:
                 continue
             candidates = set.intersection(*(self.postings.get(t, set()) for t in target))
-            n = len(target)
-            for number in candidates - found:
-                tokens = self.tokens[number]
-                if any(tokens[i : i + n] == target for i in range(len(tokens) - n + 1)):
-                    found.add(number)
+            found |= {n for n in candidates - found if holds_run(self.tokens[n], target)}
         return found
 
 

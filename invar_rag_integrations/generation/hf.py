@@ -186,12 +186,11 @@ class HFGenerator:
                 ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch])
                 mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch])
                 logits = self.model(input_ids=ids.to(self.model.device),
-                                    attention_mask=mask.to(self.model.device)).logits.float()
-                logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-                for i, row in enumerate(batch):
+                                    attention_mask=mask.to(self.model.device)).logits
+                for i, row in enumerate(batch):  # only the positions that predict the answer
                     first = len(prompt_ids[start + i])
-                    targets = torch.tensor(row[first:], device=logprobs.device)
-                    steps = logprobs[i, first - 1 : len(row) - 1]
+                    targets = torch.tensor(row[first:], device=logits.device)
+                    steps = torch.log_softmax(logits[i, first - 1 : len(row) - 1].float(), -1)
                     sums.append((float(steps.gather(1, targets[:, None]).sum()), len(targets)))
         return sums
 

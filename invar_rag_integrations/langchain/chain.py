@@ -62,7 +62,6 @@ def build_rag_chain(retriever: BaseRetriever, llm: BaseLanguageModel,
         RunnablePassthrough.assign(answer=answer)
 
 
-
 def document_sources(inputs: dict[str, Any]) -> list[Source]:
     """The retrieved documents as sources, scored by their relevance probability (metadata
     ``relevance_score`` from ``InvarReranker``, ``score`` from :class:`InvarRetriever`; 0
