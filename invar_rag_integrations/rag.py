@@ -215,7 +215,8 @@ class RAGPipeline:
         prompts = [self.prompt(q, s) for q, s in zip(questions, sources)]
         generations = self.generator.generate(
             [p.text for p in prompts], max_new_tokens=self.settings.max_new_tokens,
-            batch_size=self.batch_size, show_progress=show_progress, adapter=self.adapter)
+            stop=self.template.stop, batch_size=self.batch_size, show_progress=show_progress,
+            adapter=self.adapter)
         texts = [self.template.clean_answer(g.text) for g in generations]
         found: list[Evidence | None] = [None] * len(questions)
         if abstain or evidence:
@@ -245,7 +246,8 @@ class RAGPipeline:
             closed = dict.fromkeys(range(len(texts)), (0.0, 0))
             closed.update(zip(spoken, self.generator.answer_logprobs(
                 [self.template.render(questions[i]) for i in spoken],
-                [texts[i] for i in spoken], adapter=self.adapter, batch_size=self.batch_size)))
+                [self.template.continuation(texts[i]) for i in spoken], adapter=self.adapter,
+                batch_size=self.batch_size)))
         return [Evidence.of([x.score for x in s], g.logprob, g.num_tokens, closed.get(i),
                             bool(t.strip()) and has_answer([t], "\n".join(
                                 x.passage.full_text() for x in s)))
@@ -270,7 +272,7 @@ class RAGPipeline:
             return
         yield from stripped(self.generator.stream(self.prompt(question, sources).text,
                                                   max_new_tokens=self.settings.max_new_tokens,
-                                                  adapter=self.adapter))
+                                                  stop=self.template.stop, adapter=self.adapter))
 
     # --- completion of formatted prompts (the framework LLMs) ------------------------------
 
@@ -303,7 +305,9 @@ class RAGPipeline:
         return prompt
 
     def _completion_options(self, stop: Sequence[str]) -> dict[str, Any]:
-        return {"max_new_tokens": self.settings.max_new_tokens, "stop": list(stop),
+        # a chat-form generator's turn ends its completion whatever the framework's stops
+        return {"max_new_tokens": self.settings.max_new_tokens,
+                "stop": list(dict.fromkeys([*stop, *self.template.turn_end])),
                 "adapter": self.adapter}
 
 

@@ -177,7 +177,7 @@ def test_evidence_log_probabilities_are_the_models(rag: InvarRAG) -> None:
     steps = range(ids.shape[1], new.shape[1])
     expected = sum(float(logits[0, t - 1, new[0, t]]) for t in steps)
     assert generation.logprob == pytest.approx(expected, abs=1e-4)
-    [(total, count)] = generator.answer_logprobs([prompt], ["Paris"], adapter=rag.adapter)
+    [(total, count)] = generator.answer_logprobs([prompt], [" Paris"], adapter=rag.adapter)
     assert count == len(generator.tokenizer(" Paris", add_special_tokens=False)["input_ids"])
     assert total < 0
     with pytest.raises(ValueError, match="answer is empty"):

@@ -87,8 +87,12 @@ def tiny_family_model(folder: Path, family: str) -> Path:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_scores_trains_and_answers(family: str, tmp_path: Path,
                                                 tiny_encoder_dir: Path) -> None:
+    from invar_rag_integrations.data import passage_text
     from invar_rag_integrations.invar import TwoStageRetriever
+    from invar_rag_integrations.invar.settings import SCORE_PROMPT, ScorerSettings
+    from invar_rag_integrations.invar.tokens import ScorerTokens
     from invar_rag_integrations.models import load_base_lm
+    from invar_rag_integrations.models.chat_template import ChatForm, render_chat_template
     from invar_rag_integrations.rag import InvarRAG
 
     model = tiny_family_model(tmp_path, family)
@@ -115,14 +119,18 @@ def test_every_family_scores_trains_and_answers(family: str, tmp_path: Path,
     np.testing.assert_allclose(again.scorer.score("who discovered penicillin",
                                                   [passages[13], long_node]), scores, atol=1e-5)
 
-    # the scorer's tokens are the joined text's: BOS where the family adds one, no stray "▁"
-    tokens = scorer.tokens
-    node = tokens.node(passages[13])
-    row = tokens.row(tokens.question("who discovered penicillin"), node.prefix + node.body)
-    head, tail = scorer.settings.prompt.split("{passage}")
-    joined = f"{head}{passages[13].title}. {passages[13].text}{tail} who discovered penicillin"
-    assert (row[0] == tokenizer.bos_token_id) == FAMILIES[family][2]
-    assert tokenizer.decode(row, skip_special_tokens=True) == joined
+    # the scorer's tokens are the joined text's, in the plain prompt and in the family's chat
+    # form: BOS where the family adds one, no stray "▁" or "Ġ" at a join
+    for chat in (None, render_chat_template(tokenizer)):
+        tokens = ScorerTokens(tokenizer, ScorerSettings(chat_template=chat,
+                                                        max_passage_tokens=512))
+        node = tokens.node(passages[13])
+        row = tokens.row(tokens.question("who discovered penicillin"), node.prefix + node.body)
+        prompt = ChatForm.parse(chat).prompt(SCORE_PROMPT) if chat else SCORE_PROMPT
+        joined = prompt.replace("{passage}", passage_text(passages[13])) + \
+            (" " if chat is None else "") + "who discovered penicillin"
+        assert row == tokenizer(joined)["input_ids"]
+        assert (row[0] == tokenizer.bos_token_id) == FAMILIES[family][2]
 
     # one generator step on the trained retriever, then answers
     cli(["train-generator", str(generator_config(tmp_path, system, data, max_steps=1))])

@@ -45,11 +45,12 @@ def _scorer(lm, **settings) -> InvarScorer:
 
 
 def _naive_score(model, tokenizer, scorer: InvarScorer, query: str, passage: Passage) -> float:
-    """Full forward of one unpadded sequence, log-softmax over every position."""
+    """Full forward of the joined text (a passage that fits is one window, all of it),
+    log-softmax over every position."""
     question = scorer.tokens.question(query)
-    window = tokenizer(passage_text(passage), add_special_tokens=False)["input_ids"][
-        : scorer.settings.max_passage_tokens]  # a passage that fits is one window, all of it
-    ids = scorer.tokens.bos + scorer.tokens.head + window + scorer.tokens.tail + question
+    head, tail = scorer.settings.prompt.split("{passage}")
+    ids = tokenizer(f"{head}{passage_text(passage)}{tail} {query}")["input_ids"]
+    assert ids[-len(question):] == question
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0]
     logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -65,15 +65,16 @@ def test_labels_cover_only_the_answer_tokens(tiny_lm_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    prompt = PromptTemplate(n_shots=0).render("who discovered penicillin", [SHORT])
-    example = tokenize_example(tokenizer, prompt, "fleming")
+    template = PromptTemplate(n_shots=0)
+    prompt = template.render("who discovered penicillin", [SHORT])
+    example = tokenize_example(tokenizer, prompt, template.target("fleming"))
     prompt_len = len(tokenizer(prompt)["input_ids"])
     assert example["input_ids"][:prompt_len] == tokenizer(prompt)["input_ids"]
     assert all(label == IGNORE_INDEX for label in example["labels"][:prompt_len])
     answer = example["labels"][prompt_len:]
     assert IGNORE_INDEX not in answer and tokenizer.decode(answer) == " fleming\n"
 
-    short = tokenize_example(tokenizer, "Question: x\nAnswer:", "paris")
+    short = tokenize_example(tokenizer, "Question: x\nAnswer:", template.target("paris"))
     batch = make_collate(tokenizer.pad_token_id)([example, short])
     width = len(example["input_ids"])
     assert batch["input_ids"].shape == (2, width)

@@ -173,8 +173,7 @@ class HFGenerator:
                         adapter: str | None = None,
                         batch_size: int = 8) -> list[tuple[float, int]]:
         """``log P(answer | prompt)`` summed over the answer's tokens, and how many tokens
-        (teacher-forced; the answer follows the prompt after one space, as generated answers
-        do)."""
+        (teacher-forced; each answer as it follows its prompt: ``PromptTemplate.continuation``)."""
         check_generation_args(1, batch_size, prompts)
         prompt_ids, rows = answer_rows(self.tokenizer, prompts, answers)
         sums = []
@@ -214,6 +213,5 @@ def answer_rows(tokenizer: Any, prompts: Sequence[str],
     if any(not a.strip() for a in answers):
         raise ValueError("an answer is empty: there is nothing to score")
     prompt_ids = tokenizer(list(prompts))["input_ids"]
-    answer_ids = tokenizer([" " + a.strip() for a in answers],
-                           add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     return prompt_ids, [p + a for p, a in zip(prompt_ids, answer_ids)]

@@ -1,4 +1,5 @@
-"""The one prompt template used by training, evaluation and serving."""
+"""The one prompt template used by training, evaluation and serving (plain, or in the base
+model's chat form: ``models/chat_template.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..data import Passage
+from ..models.chat_template import FROM_MODEL, ChatForm
 
 DEFAULT_INSTRUCTION = (
     "Answer the question with a short phrase, taken from the passages when they contain it."
@@ -69,21 +71,30 @@ def _largest_fitting(high: int, fits: Callable[[int], bool]) -> int:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """Instruction + n-shot examples + top-k passages + question, rendered as plain text.
+    """Instruction + n-shot examples + top-k passages + question, as plain text or as the
+    user's turn of a chat form (the answer is then the assistant's turn).
 
     Args:
         instruction: First line of the prompt.
         n_shots: How many of the examples to show (0 for none).
         max_passage_words: Passages are cut to this many words (``None``: no cut).
         examples: ``(question, answer)`` demonstrations.
+        chat_template: A chat form with ``{message}`` and ``{answer}``
+            (``render_chat_template(tokenizer)`` gives the model's own), or ``None``: plain.
     """
 
     instruction: str = DEFAULT_INSTRUCTION
     n_shots: int = 3
     max_passage_words: int | None = 120
     examples: tuple[tuple[str, str], ...] = DEFAULT_EXAMPLES
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
+        if self.chat_template == FROM_MODEL:
+            raise ValueError("the prompt template needs the chat form itself: "
+                             "resolve_chat_template('model', tokenizer) renders the model's")
+        if self.chat_template is not None:
+            ChatForm.parse(self.chat_template)
         if self.n_shots < 0 or self.n_shots > len(self.examples):
             raise ValueError(f"n_shots must be in 0..{len(self.examples)}, got {self.n_shots}")
         if self.max_passage_words is not None and self.max_passage_words <= 0:
@@ -121,7 +132,37 @@ class PromptTemplate:
         if passage_lines:
             parts += ["Passages:", *passage_lines, ""]
         parts += [f"Question: {question}", "Answer:"]
-        return "\n".join(parts)
+        form = self.form
+        if form is None:
+            return "\n".join(parts)
+        return escape(form.before) + "\n".join(parts) + escape(form.between)
+
+    @property
+    def form(self) -> ChatForm | None:
+        """The chat form (``None``: the plain prompt)."""
+        return ChatForm.parse(self.chat_template) if self.chat_template else None
+
+    def continuation(self, answer: str) -> str:
+        """``answer`` as it follows the prompt: after a space in the plain prompt, as the
+        assistant's turn in a chat form."""
+        return f"{'' if self.form else ' '}{answer.strip()}"
+
+    def target(self, answer: str) -> str:
+        """What the generator learns to write: the answer and the end of its line, or of its
+        turn in a chat form."""
+        form = self.form
+        return self.continuation(answer) + (form.after if form else "\n")
+
+    @property
+    def turn_end(self) -> tuple[str, ...]:
+        """The text that ends the assistant's turn in a chat form (none when plain)."""
+        form = self.form
+        return (form.end,) if form is not None and form.end else ()
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Where an answer stops: the end of its line, or of the assistant's turn."""
+        return ("\n", *self.turn_end)
 
     def fit(self, question: str, passages: Sequence[Passage], count_tokens: Callable[[str], int],
             max_tokens: int) -> FittedPrompt:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..models.chat_template import check_chat_template
 from ..retrieval.stage1 import STAGE1
 from .early_stop import READ_FIRST, STOP_MARGIN, check_policy
 
@@ -56,6 +57,10 @@ class ScorerSettings:
     Attributes:
         prompt: The text around the passage; ``{passage}`` marks where it goes and the
             question's tokens follow the prompt.
+        chat_template: The prompt in the base model's chat form: ``None`` (the plain prompt),
+            ``"model"`` (the tokenizer's own chat template; training stores it rendered) or a
+            form as text with ``{message}`` (the prompt) and ``{answer}`` (the question)
+            (``models/chat_template.py``).
         max_passage_tokens: The window: passage tokens the LM reads at once (the title
             included); a longer passage is read as several windows (``windows.py``).
         window_stride: Tokens between the starts of consecutive windows (``<=`` the window;
@@ -78,6 +83,7 @@ class ScorerSettings:
     """
 
     prompt: str = SCORE_PROMPT
+    chat_template: str | None = None
     max_passage_tokens: int = 128
     window_stride: int | None = None
     window_aggregation: str = "max"
@@ -94,6 +100,7 @@ class ScorerSettings:
         if self.prompt.count("{passage}") != 1:
             raise ValueError(f"prompt must contain '{{passage}}' exactly once, got "
                              f"{self.prompt!r}")
+        check_chat_template(self.chat_template)
         if min(self.max_passage_tokens, self.max_query_tokens, self.projector_hidden) < 1 \
                 or self.num_soft_tokens < 0:
             raise ValueError("need max_passage_tokens, max_query_tokens, projector_hidden >= 1 "

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..data import Passage
+from ..models.chat_template import ChatForm, resolve_chat_template
 from .settings import ScorerSettings
 from .windows import NodeTokens, windows_to_read
 
@@ -56,9 +57,17 @@ class ScorerTokens:
         probe = tokenizer("a", add_special_tokens=False)["input_ids"]
         self.dummy_prefix = bool(probe) and \
             str(tokenizer.convert_ids_to_tokens(probe[:1])[0]).startswith("\u2581")
-        head, tail = settings.prompt.split("{passage}")
-        self.head = self._ids(head, continues=False)
-        self.tail = self._ids(tail)
+        form = resolve_chat_template(settings.chat_template, tokenizer)
+        prompt = ChatForm.parse(form).prompt(settings.prompt) if form else settings.prompt
+        # the question is the assistant's turn in a chat form, and follows "Question:" otherwise
+        self.question_space = "" if form else " "
+        head, tail = prompt.split("{passage}")
+        # the spaces that end the head begin the passage, as in the joined text ("ĠTitle", not
+        # "Ġ" then "Title")
+        self.lead = head[len(head.rstrip(" ")):]
+        self.head_text, self.tail_text = head[:len(head) - len(self.lead)], tail
+        self.head = self._encode(self.head_text)
+        self.tail = self._ids(tail)  # after any window
         bos = tokenizer.bos_token_id
         probe = tokenizer("x")["input_ids"]
         self.bos = [bos] if bos is not None and probe and probe[0] == bos else []  # e.g. Gemma
@@ -79,13 +88,21 @@ class ScorerTokens:
                           f"{cap} (counted in ScorerTokens.truncated; warned once)", stacklevel=5)
         return ids[:cap] if keep == "first" else ids[-cap:]
 
-    def _ids(self, text: str, continues: bool = True) -> list[int]:
-        """Token ids of ``text``; where it ``continues`` the sequence, without the "▁" a
-        SentencePiece tokenizer puts before a first word that follows no space."""
-        if not text:
-            return []
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        if continues and self.dummy_prefix and not text.startswith(" ") and ids:
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] \
+            if text else []
+
+    def _ids(self, text: str, after: str = "") -> list[int]:
+        """Token ids of ``text`` as it follows ``after`` in one text: the tokenisation of both
+        less ``after``'s own. Where nothing known comes before, or the two merge across the
+        join, ``text`` is tokenised alone, without the "▁" a SentencePiece tokenizer puts before
+        a first word that follows no space."""
+        if after and text:
+            context, joined = self._encode(after), self._encode(after + text)
+            if joined[:len(context)] == context:
+                return joined[len(context):]
+        ids = self._encode(text)
+        if self.dummy_prefix and not text.startswith(" ") and ids:
             first = str(self.tokenizer.convert_ids_to_tokens(ids[:1])[0])
             if first == "\u2581":
                 return ids[1:]
@@ -97,8 +114,8 @@ class ScorerTokens:
 
     def node(self, passage: Passage | str) -> NodeTokens:
         """A node's tokens (cached): the prefix ``Title.`` (none for a plain string) and the
-        body, tokenised so that prefix + body is the tokenisation of :func:`passage_text`. A
-        node without text has an empty body."""
+        body, tokenised so that prefix + body is the tokenisation of :func:`passage_text` as it
+        follows the prompt's head. A node without text has an empty body."""
         title, text = ("", passage) if isinstance(passage, str) else (passage.title,
                                                                      passage.text)
         key = (title, text)
@@ -109,9 +126,10 @@ class ScorerTokens:
         if not text.strip():
             found = NodeTokens([], [])
         elif title:
-            found = NodeTokens(self._ids(f"{title}."), self._ids(f" {text}"))
+            found = NodeTokens(self._ids(f"{self.lead}{title}.", self.head_text),
+                               self._ids(f" {text}", f"{title}."))
         else:
-            found = NodeTokens([], self._ids(text))
+            found = NodeTokens([], self._ids(self.lead + text, self.head_text))
         self._nodes[key] = found
         if len(self._nodes) > self.cache_size:
             self._nodes.popitem(last=False)
@@ -128,9 +146,9 @@ class ScorerTokens:
                                self.tokenizer.decode)
 
     def question(self, text: str) -> list[int]:
-        """Token ids of a question as it continues the prompt (a leading space), cut to the
-        cap."""
-        ids = self._ids(" " + text.strip())
+        """Token ids of a question as it continues the prompt (after a space in the plain
+        prompt), cut to the cap."""
+        ids = self._ids(self.question_space + text.strip(), self.tail_text)
         if not ids:
             raise ValueError(f"the question {text!r} has no tokens")
         return self._cut("query", ids, self.settings.max_query_tokens, "last")

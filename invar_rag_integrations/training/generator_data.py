@@ -24,11 +24,12 @@ def answer_target(answers: Sequence[str], passages: Sequence[Passage]) -> str:
     return answers[0]
 
 
-def tokenize_example(tokenizer: Any, prompt: str, answer: str) -> dict[str, list[int]]:
-    """``input_ids`` = prompt + `` answer`` + newline; ``labels`` mask every prompt token, so the
-    loss falls on the answer and the newline that ends it (generation stops there)."""
+def tokenize_example(tokenizer: Any, prompt: str, target: str) -> dict[str, list[int]]:
+    """``input_ids`` = prompt + target (``PromptTemplate.target``: the answer and what ends it);
+    ``labels`` mask every prompt token, so the loss falls on the answer and its end (generation
+    stops there)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    answer_ids = tokenizer(f" {answer.strip()}\n", add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     return {"input_ids": prompt_ids + answer_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids}
 
@@ -45,8 +46,8 @@ def build_examples(questions: Sequence[Question], retrieved: Sequence[Sequence[s
         shown = [passages[i] for i in ids]
         fitted = template.fit(question.question, shown, count, max_prompt_tokens)
         cut += fitted.truncated
-        examples.append(tokenize_example(tokenizer, fitted.text,
-                                         answer_target(question.answers, shown)))
+        examples.append(tokenize_example(tokenizer, fitted.text, template.target(
+            answer_target(question.answers, shown))))
     return examples, cut
 
 

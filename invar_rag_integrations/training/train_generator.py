@@ -29,6 +29,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from invar_rag_integrations.generation.artifacts import GeneratorSettings
+from invar_rag_integrations.models.chat_template import check_chat_template
 
 from .trainer_utils import parse_config
 
@@ -53,6 +54,13 @@ class GeneratorArguments(GeneratorSettings):
 
     n_shots: int = 3
     max_passage_words: int = 100
+    chat_template: str | None = field(default=None, metadata={
+        "help": "the prompt in the base model's chat form: model (its tokenizer's template), or "
+                "a form with {message} and {answer}; unset: the plain prompt"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_chat_template(self.chat_template)
 
 
 @dataclass
@@ -135,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from invar_rag_integrations.evaluation.datasets import odqa_corpus
     from invar_rag_integrations.generation import PromptTemplate
     from invar_rag_integrations.generation.artifacts import add_generator_adapter, save_generator
+    from invar_rag_integrations.models.chat_template import resolve_chat_template
     from invar_rag_integrations.models.lora_targets import resolve_lora_targets
     from invar_rag_integrations.retrieval.search_cache import cached_search
 
@@ -147,7 +156,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     system, gen, data, train_args = parse_arguments(argv)
     settings = GeneratorSettings(**{k: getattr(gen, k)
                                     for k in GeneratorSettings.__dataclass_fields__})
-    template = PromptTemplate(n_shots=gen.n_shots, max_passage_words=gen.max_passage_words)
     train_args.remove_unused_columns = False
     train_args.label_names = ["labels"]
     output = Path(train_args.output_dir)
@@ -160,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     claim_output_dir(output, system.system_dir, retriever.identity())
     # a target the model lacks fails now, before any retrieval
     settings.lora_targets = resolve_lora_targets(lm, settings.lora_targets)
+    template = PromptTemplate(n_shots=gen.n_shots, max_passage_words=gen.max_passage_words,
+                              chat_template=resolve_chat_template(gen.chat_template, tokenizer))
 
     # 3. questions: the train split of each dataset (the validation carve-out is never used)
     questions, _ = select_questions(data.train_datasets, data.questions_per_dataset, 0,

@@ -35,6 +35,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from invar_rag_integrations.invar.settings import InvarSettings
+from invar_rag_integrations.models.chat_template import resolve_chat_template
 from invar_rag_integrations.models.lora_targets import resolve_lora_targets
 
 from .retriever_args import LossArguments, ModelArguments, parse_arguments
@@ -190,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # 2. models: the base LM scores LSR first, then gets the retriever adapter
     lm, tokenizer = load_base_lm(model_args.base_model)
+    # the manifest keeps the chat form rendered ("model": the tokenizer's own)
+    settings.chat_template = model_args.chat_template = resolve_chat_template(
+        model_args.chat_template, tokenizer)
     if model_args.train_lora:  # a target the model lacks fails now, before any preparation
         model_args.lora_targets = resolve_lora_targets(lm, model_args.lora_targets)
     coarse_encoder = load_coarse_encoder(model_args.coarse_encoder)
