@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data import Passage
 from ..models.adapters import model_lock
+from ..models.encoding import PASSAGE, QUERY, encode
 from ..retrieval.base import check_k, check_text
 from ..retrieval.dense import DenseRetriever, best_window_cosines
 from .calibration import Calibration, pair_features, usable_path, zero_shot_calibration
@@ -103,14 +104,11 @@ class Stage2Reranker:
                                       "bytes": cache.bytes}
         return found
 
-    def coarse(self, texts: Sequence[str]) -> np.ndarray:
-        """``c(x)``: normalised coarse vectors (float32 ``[N, d_c]``)."""
-        if not texts:
-            return np.zeros((0, self.coarse_encoder.get_embedding_dimension()), np.float32)
+    def coarse(self, texts: Sequence[str], kind: str = QUERY) -> np.ndarray:
+        """``c(x)``: normalised coarse vectors (float32 ``[N, d_c]``) of ``texts`` read as
+        ``kind`` (``query`` or ``passage``, each with the encoder's own prompt)."""
         with model_lock(self.coarse_encoder):  # one encoder for all threads
-            return self.coarse_encoder.encode(list(texts), batch_size=64,
-                                              normalize_embeddings=True,
-                                              convert_to_numpy=True).astype(np.float32)
+            return encode(self.coarse_encoder, texts, kind)
 
     def _coarse_reader(self) -> DenseRetriever:
         """How the coarse encoder cuts texts (windows with ``coarse_windows``); no index."""
@@ -124,7 +122,7 @@ class Stage2Reranker:
         rose from .36 with the first window's vector to .51), else its beginning's vector."""
         reader = self._coarse_reader()
         pieces, starts = reader.pieces([Passage("", t) for t in texts])
-        found = self.coarse(pieces)
+        found = self.coarse(pieces, PASSAGE)
         if len(pieces) == len(texts):
             return found
         pooled = np.stack([found[a:b].mean(0) for a, b in zip(starts[:-1], starts[1:])])
@@ -141,7 +139,7 @@ class Stage2Reranker:
         for query, cands in zip(query_coarse, candidates):
             texts, starts = reader.pieces([Passage("", c) if isinstance(c, str) else c
                                            for c in cands])
-            found = self.coarse(texts)
+            found = self.coarse(texts, PASSAGE)
             vectors.append(found[starts[:-1]])
             cosines += best_window_cosines(query[None], found, starts, [range(len(cands))])
         return vectors, cosines

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -199,8 +200,23 @@ def resolve_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> ModelSource:
         path = Path(name).expanduser().resolve()
         weights = sorted(path.glob("*.safetensors"))
         identity = f"sha256:{hash_file(weights[0])}" if weights else str(path)
-        return ModelSource(name, path, identity)
+        return ModelSource(name, path, identity + _prompts_identity(path))
     return _from_hub(name, "coarse encoder", _EMBEDDED_ENCODERS[0])
+
+
+def _prompts_identity(path: Path) -> str:
+    """A sentence-transformers folder's query and passage prompts as part of its identity
+    (they change every vector, so an index built with others is refused): "" when it has
+    none."""
+    config = path / "config_sentence_transformers.json"
+    if not config.is_file():
+        return ""
+    found = json.loads(config.read_text(encoding="utf-8"))
+    prompts = {k: v for k, v in (found.get("prompts") or {}).items() if v}
+    if not prompts:
+        return ""
+    key = json.dumps([prompts, found.get("default_prompt_name")], sort_keys=True)
+    return f":prompts={hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def load_coarse_encoder(name: str = DEFAULT_COARSE_ENCODER) -> SentenceTransformer:

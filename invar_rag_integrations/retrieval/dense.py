@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data import Passage
 from ..models import DEFAULT_COARSE_ENCODER, load_coarse_encoder
+from ..models.encoding import PASSAGE, QUERY, encode, text_room
 from .base import Retriever, SearchResult
 from .embedding_cache import cached_embeddings
 from .text_windows import text_windows
@@ -72,17 +73,18 @@ class DenseRetriever(Retriever):
         windows = ":windows" if self.windows else ""
         return f"{self.kind}:{encoder_identity(self.encoder) or self.encoder_name}{windows}"
 
-    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        """Normalised float32 embeddings of ``texts``."""
-        return self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=show_progress)
+    def encode(self, texts: list[str], kind: str = QUERY,
+               show_progress: bool = False) -> np.ndarray:
+        """Normalised float32 embeddings of ``texts`` read as ``kind`` (``query`` or
+        ``passage``: each with the encoder's own prompt, ``models/encoding.py``)."""
+        return encode(self.encoder, texts, kind, self.batch_size, show_progress)
 
     def pieces(self, passages: Sequence[Passage]) -> tuple[list[str], np.ndarray]:
         """The texts the index holds for ``passages`` (their windows, with ``windows``), and
         the first row of each passage among them (plus the end)."""
         if not self.windows:
             return [p.full_text() for p in passages], np.arange(len(passages) + 1)
-        size = self.encoder.max_seq_length - 2  # [CLS] and [SEP]
+        size = text_room(self.encoder, PASSAGE)
         texts, starts = [], [0]
         for p in passages:
             texts += text_windows(self.encoder.tokenizer, p.title, p.text, size, size * 3 // 4)
@@ -95,7 +97,8 @@ class DenseRetriever(Retriever):
         texts, self._starts = self.pieces(passages)
         identity = encoder_identity(self.encoder)
         vectors, self.last_index_cached = cached_embeddings(
-            texts, identity or "", self.encode, use_cache=self.use_cache and identity is not None,
+            texts, identity or "", lambda batch: self.encode(batch, PASSAGE),
+            use_cache=self.use_cache and identity is not None,
             show_progress=self.show_progress)
         self._faiss = faiss.IndexFlatIP(vectors.shape[1])
         self._faiss.add(vectors)

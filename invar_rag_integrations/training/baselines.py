@@ -32,6 +32,7 @@ import numpy as np
 
 from invar_rag_integrations.data import Passage, Question
 from invar_rag_integrations.evaluation.metrics import tuning_accuracy
+from invar_rag_integrations.models.encoding import PASSAGE, QUERY, encode
 
 from .candidates import mine_candidates
 from .cross_encoder import CrossEncoderSettings, train_cross_encoder
@@ -183,10 +184,9 @@ def train_minilm_ft(train: Sequence[Example], tune: Sequence[Question],
     pool_texts = sorted({pid for pool in pools for pid in pool})
 
     def tuning() -> dict[str, float]:
-        vectors = dict(zip(pool_texts, model.encode([by_id[i].full_text() for i in pool_texts],
-                                                    batch_size=64, normalize_embeddings=True)))
-        queries = model.encode([q.question for q in tune], batch_size=64,
-                               normalize_embeddings=True)
+        vectors = dict(zip(pool_texts, encode(model, [by_id[i].full_text() for i in pool_texts],
+                                              PASSAGE)))
+        queries = encode(model, [q.question for q in tune], QUERY)
         ranked = [[pool[int(np.argmax([vectors[i] @ q for i in pool]))]]
                   for pool, q in zip(pools, queries)]
         return tuning_accuracy(tune, [by_id[r[0]] for r in ranked])

@@ -36,6 +36,7 @@ from transformers import TrainingArguments
 
 from invar_rag_integrations.invar.settings import InvarSettings
 from invar_rag_integrations.models.chat_template import resolve_chat_template
+from invar_rag_integrations.models.encoding import QUERY, encode
 from invar_rag_integrations.models.lora_targets import resolve_lora_targets
 
 from .retriever_args import LossArguments, ModelArguments, parse_arguments
@@ -248,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if not examples:
             raise ValueError("no training examples: every question had an empty candidate set")
         texts = sorted({v for ex in examples for v in ex["variants"]})
-        query_coarse = dict(zip(texts, coarse_encoder.encode(
-            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)))
+        query_coarse = dict(zip(texts, encode(coarse_encoder, texts, QUERY)))
         passage_coarse = dict(zip(retriever.passage_ids,
                                   retriever.passage_coarse(retriever.passage_ids)))
         for ex in examples:
@@ -259,8 +259,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 np.stack([query_coarse[v] for v in ex["variants"]]),
                 [ex["candidate_ids"]] * len(ex["variants"]))
     dataset = RetrieverDataset(examples, query_coarse, passage_coarse, by_id)
-    tune_query_coarse = coarse_encoder.encode([q.question for q in tune], batch_size=64,
-                                              normalize_embeddings=True, convert_to_numpy=True)
+    tune_query_coarse = encode(coarse_encoder, [q.question for q in tune], QUERY)
     tune_passage_coarse = [np.stack([passage_coarse[p.id] for p in cands])
                            for cands in tune_candidates]
     tune_ids = [[p.id for p in cands] for cands in tune_candidates]
