@@ -99,7 +99,8 @@ def test_every_family_scores_trains_and_answers(family: str, tmp_path: Path,
     data = write_odqa(tmp_path)
     cli(["train-retriever", str(_retriever_config(tmp_path, model, tiny_encoder_dir, data,
                                                   num_train_epochs=1, max_steps=1,
-                                                  eval_every=1, save_steps=1))])
+                                                  eval_every=1, save_steps=1,
+                                                  chat_template="model"))])
     system = tmp_path / "system"
     manifest = json.loads((system / "invar_rag.json").read_text())
     adapter = json.loads((system / "retriever" / "adapter_config.json").read_text())
@@ -107,6 +108,9 @@ def test_every_family_scores_trains_and_answers(family: str, tmp_path: Path,
     expected = {"phi3": {"qkv_proj", "o_proj"}}.get(family, {"q_proj", "k_proj", "v_proj",
                                                             "o_proj"})
     assert set(adapter["target_modules"]) == expected and "retriever" in manifest
+    # the family's chat form, rendered once and kept in the manifest
+    chat = render_chat_template(tokenizer)
+    assert manifest["retriever"]["settings"]["chat_template"] == chat
 
     # the scorer on a short and a long node (read in windows), the same scores once reloaded
     passages = demo_passages()
@@ -133,7 +137,12 @@ def test_every_family_scores_trains_and_answers(family: str, tmp_path: Path,
         assert (row[0] == tokenizer.bos_token_id) == FAMILIES[family][2]
 
     # one generator step on the trained retriever, then answers
-    cli(["train-generator", str(generator_config(tmp_path, system, data, max_steps=1))])
+    cli(["train-generator", str(generator_config(tmp_path, system, data, max_steps=1,
+                                                 chat_template="model"))])
     rag = InvarRAG.from_pretrained(system, corpus=passages)
+    assert rag.template.chat_template == chat
     answer = rag.answer("who discovered penicillin")
     assert isinstance(answer.text, str) and len(answer.sources) == rag.settings.k
+    prompt = rag.prompt("who discovered penicillin", answer.sources).text
+    form = ChatForm.parse(chat)
+    assert prompt.startswith(form.before) and prompt.endswith(form.between)

@@ -8,10 +8,11 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ..models.chat_template import resolve_chat_template
 from ..models.registry import hash_file
 from ..system import (
     FORMAT,
@@ -80,6 +81,9 @@ def zero_shot_reranker(base_model: str, coarse_encoder: str, settings: InvarSett
 
     lm, tokenizer = load_base_lm(base_model)
     coarse = load_coarse_encoder(coarse_encoder)
+    # the chat form as text ("model": the tokenizer's own), as a saved system keeps it
+    settings = replace(settings, chat_template=resolve_chat_template(settings.chat_template,
+                                                                     tokenizer))
     if settings.num_soft_tokens or settings.head:
         raise ValueError("soft tokens and a head need trained weights; the zero-shot scorer has "
                          "none (set num_soft_tokens = 0 and head = False)")
