@@ -45,8 +45,9 @@ FAMILIES = {
 }
 
 
-def tiny_family_model(folder: Path, family: str) -> Path:
-    """A tiny random model of ``family`` and its tokenizer, saved as an HF folder."""
+def tiny_family_model(folder: Path, family: str, **sizes: int) -> Path:
+    """A tiny random model of ``family`` and its tokenizer, saved as an HF folder (``sizes``
+    override the config's)."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -72,11 +73,12 @@ def tiny_family_model(folder: Path, family: str) -> Path:
             single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bpe.token_to_id(bos))])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos,
                                         pad_token=pad, chat_template=template)
-    config = getattr(transformers, config_name)(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, **extra)
+    config = getattr(transformers, config_name)(**{
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 1024, "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        **extra, **sizes})
     torch.manual_seed(0)
     path = folder / family
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
