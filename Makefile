@@ -48,6 +48,7 @@ bench: install install-vllm
 	$(PY) -m benchmarks.retriever_stage
 	$(PY) -m benchmarks.tune_cross_encoder
 	$(PY) -m benchmarks.stage2_policy
+	$(PY) -m benchmarks.prompt_forms
 	$(PY) -m benchmarks.calibration
 	$(PY) -m benchmarks.rerank_policy
 	$(PY) -m benchmarks.passage_cache

@@ -103,3 +103,22 @@ def test_a_zero_shot_scorer_reads_the_models_chat_form(qwen_tokenizer, tiny_enco
     assert qwen_tokenizer.decode(row).endswith("<|im_start|>assistant\nwho discovered penicillin")
     retriever.index(demo_passages())
     assert len(retriever.search(["who discovered penicillin"], 2)[0].ids) == 2
+
+
+def test_init_system_keeps_the_rendered_form(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    from invar_rag_integrations.cli import main
+    from invar_rag_integrations.invar import TwoStageRetriever
+    from invar_rag_integrations.system import read_manifest
+
+    model, system = tiny_family_model(tmp_path, "qwen2"), tmp_path / "system"
+    main(["init-system", str(system), "--base-model", str(model), "--coarse-encoder",
+          str(tiny_encoder_dir), "--chat-template", "model"])
+    entry = read_manifest(system)["retriever"]
+    assert entry["settings"]["chat_template"] == QWEN_FORM
+    assert "--chat-template model" in read_manifest(system)["training"]["retriever"]["command"]
+    retriever = TwoStageRetriever.from_pretrained(system, precision="float32",
+                                                  show_progress=False)
+    assert retriever.scorer.tokens.question_space == ""
+    with pytest.raises(SystemExit, match=r"\{message\} and then \{answer\}"):
+        main(["init-system", str(tmp_path / "other"), "--base-model", str(model),
+              "--coarse-encoder", str(tiny_encoder_dir), "--chat-template", "{answer}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -112,13 +113,16 @@ def _init_system(args: argparse.Namespace) -> None:
     defaults = InvarSettings()
     settings = InvarSettings(stage1=args.stage1, candidates=args.candidates,
                              bm25_weight=defaults.bm25_weight if args.stage1 == "rrf" else 0.0,
-                             read_first=args.read_first, stop_margin=args.stop_margin)
+                             read_first=args.read_first, stop_margin=args.stop_margin,
+                             chat_template=args.chat_template)
     retriever = TwoStageRetriever.zero_shot(args.base_model, args.coarse_encoder, settings,
                                          show_progress=False)
     command = ["invar-rag", "init-system", args.output, "--base-model", args.base_model,
                "--coarse-encoder", args.coarse_encoder, "--stage1", args.stage1,
                "--candidates", str(args.candidates), "--read-first", str(settings.read_first),
                "--stop-margin", str(settings.stop_margin)]
+    if args.chat_template:
+        command += ["--chat-template", shlex.quote(args.chat_template)]
     path = save_retriever(retriever.reranker, args.output, {"command": " ".join(command)})
     print(f"wrote the zero-shot retriever of {args.base_model!r} to {path} (other entries "
           f"kept); next: invar-rag index --retriever {path} --corpus FILE", file=sys.stderr)
@@ -259,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--stop-margin", type=float, default=InvarSettings.stop_margin,
                       help="stop reading once the leader's fused score beats the runner-up's "
                            "by this much (inf: never stop)")
+    init.add_argument("--chat-template",
+                      help="read the prompt in the base model's chat form: model (its "
+                           "tokenizer's template, stored rendered) or a form with {message} and "
+                           "{answer}; default: the plain prompt")
     init.set_defaults(func=_init_system)
 
     questions = commands.add_parser(
