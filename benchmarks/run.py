@@ -264,6 +264,13 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
                   f"- command: `{payload['command']}`",
                   f"- commit: `{payload['git_commit']}`, date: {payload['date']}",
                   f"- machine: {payload['machine']}", ""]
+        if any(r["metric"] == "wins_vs_plain" for r in rows):
+            parts += ["### Acc@k with paired Acc@1 wins and losses against the plain prompt "
+                      "(val questions)", "",
+                      pivot_table(rows, ["acc@1", "acc@5", "wins_vs_plain", "losses_vs_plain",
+                                         "ece_top5", "brier_top5", "pairs_per_query",
+                                         "s_per_query"]), ""]
+            continue
         if any(r["metric"] == "declined_unanswerable" for r in rows):
             parts += _abstention_tables(rows)
             continue
@@ -272,12 +279,6 @@ def render_markdown(results_dir: Path = RESULTS) -> str:
             continue
         if any("chunking" in r for r in rows):
             parts += _chunking_tables(rows)
-            continue
-        if any(r["metric"] == "wins_vs_plain" for r in rows):
-            parts += ["### Acc@k with paired Acc@1 wins and losses against the plain prompt "
-                      "(val questions)", "",
-                      pivot_table(rows, ["acc@1", "acc@5", "wins_vs_plain", "losses_vs_plain",
-                                         "pairs_per_query", "s_per_query"]), ""]
             continue
         if any(r["metric"] == "pairs_per_query" for r in rows):
             for split in dict.fromkeys(r["split"] for r in rows
