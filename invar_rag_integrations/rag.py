@@ -183,8 +183,7 @@ class RAGPipeline:
         return fitted
 
     def resolve_abstain(self, abstain: bool | None) -> bool:
-        """The call's ``abstain`` (``None``: the pipeline's default), checked against the
-        abstention model."""
+        """The call's ``abstain`` (``None``: the pipeline's default), checked."""
         if abstain is None:
             return self.abstain
         if abstain and self.abstention is None:
@@ -259,11 +258,8 @@ class RAGPipeline:
 
     def stream(self, question: str, sources: Sequence[Source] | None = None,
                k: int | None = None, abstain: bool | None = None) -> Iterator[str]:
-        """Yield the answer to one question piece by piece (first line only).
-
-        When abstaining, the answer is judged whole before any of it is shown: it comes as one
-        piece, the answer or :data:`DECLINED_TEXT`.
-        """
+        """Yield the answer to one question piece by piece (first line only). When abstaining,
+        it is judged whole first and comes as one piece (the answer or :data:`DECLINED_TEXT`)."""
         abstain = self.resolve_abstain(abstain)
         if sources is None:
             sources = self.retrieve(question, k)
@@ -305,9 +301,8 @@ class RAGPipeline:
         return prompt
 
     def _completion_options(self, stop: Sequence[str]) -> dict[str, Any]:
-        # a chat-form generator's turn ends its completion whatever the framework's stops
-        return {"max_new_tokens": self.settings.max_new_tokens,
-                "stop": list(dict.fromkeys([*stop, *self.template.turn_end])),
+        stop = list(dict.fromkeys([*stop, *self.template.turn_end]))  # a chat turn ends too
+        return {"max_new_tokens": self.settings.max_new_tokens, "stop": stop,
                 "adapter": self.adapter}
 
 

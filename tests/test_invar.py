@@ -383,9 +383,9 @@ def test_a_two_stage_query_encodes_once_and_runs_bm25_once(zero_shot) -> None:
     encoder, bm25 = zero_shot.coarse_encoder, bm25_part(zero_shot.stage1)._bm25
     encode, get_scores = encoder.encode, bm25.get_scores
 
-    def counted_encode(texts, *args, **kwargs):
-        calls["encode"].append(list(texts))
-        return encode(texts, *args, **kwargs)
+    def counted_encode(*args, **kwargs):
+        calls["encode"].append(list(kwargs["inputs"] if "inputs" in kwargs else args[0]))
+        return encode(*args, **kwargs)
 
     def counted_scores(*args, **kwargs):
         calls["bm25"] += 1
