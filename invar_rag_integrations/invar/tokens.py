@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..data import Passage
-from ..models.chat_template import ChatForm, resolve_chat_template
+from ..models.chat_template import ChatForm, adds_bos, resolve_chat_template
 from .settings import ScorerSettings
 from .windows import NodeTokens, windows_to_read
 
@@ -68,9 +68,7 @@ class ScorerTokens:
         self.head_text, self.tail_text = head[:len(head) - len(self.lead)], tail
         self.head = self._encode(self.head_text)
         self.tail = self._ids(tail)  # after any window
-        bos = tokenizer.bos_token_id
-        probe = tokenizer("x")["input_ids"]
-        self.bos = [bos] if bos is not None and probe and probe[0] == bos else []  # e.g. Gemma
+        self.bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []  # e.g. Gemma
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         self._nodes: OrderedDict[tuple[str, str], NodeTokens] = OrderedDict()

@@ -70,23 +70,24 @@ def render_chat_template(tokenizer: Any) -> str:
     if text.count(_MESSAGE_MARK) != 1 or text.count(_ANSWER_MARK) != 1:
         raise ValueError(f"the chat template of {name!r} does not keep a turn's text as it is; "
                          "give the form as text with {message} and {answer}")
-    bos = tokenizer.bos_token
-    probe = tokenizer("x")["input_ids"]
-    if bos and text.startswith(bos) and probe and probe[0] == tokenizer.bos_token_id:
-        text = text[len(bos):]
+    if adds_bos(tokenizer) and text.startswith(tokenizer.bos_token):
+        text = text[len(tokenizer.bos_token):]
     return text.replace(_MESSAGE_MARK, MESSAGE).replace(_ANSWER_MARK, ANSWER)
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS before a text itself (Llama, Mistral, Gemma)."""
+    probe = tokenizer("x")["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(probe) and \
+        probe[0] == tokenizer.bos_token_id
 
 
 def resolve_chat_template(value: str | None, tokenizer: Any) -> str | None:
     """A chat-template setting made concrete: ``None`` (the plain prompt) and a form given as
     text stay as they are (the text is checked), ``"model"`` becomes the tokenizer's own
     (:func:`render_chat_template`)."""
-    if value is None:
-        return None
-    if value == FROM_MODEL:
-        return render_chat_template(tokenizer)
-    ChatForm.parse(value)
-    return value
+    check_chat_template(value)
+    return render_chat_template(tokenizer) if value == FROM_MODEL else value
 
 
 def check_chat_template(value: str | None) -> None:
